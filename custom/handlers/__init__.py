@@ -1,1 +1,6 @@
 from __future__ import annotations
+
+from .distributed import GradientAllReduceHandler
+from .ema import ExponentialMovingAverage, ExponentialMovingAverageHandler, ema_avg_fn
+from .progress import ProgressBarHandler
+from .tensorboard import SynthesisGridHandler, synthesis_grid

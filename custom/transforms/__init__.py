@@ -1,1 +1,12 @@
 from __future__ import annotations
+
+from .intensity import (
+    MODALITIES,
+    ModalityDenormalize,
+    ModalityDenormalized,
+    ModalityNormalize,
+    ModalityNormalized,
+    check_modality,
+)
+from .spatial import ForegroundSlicesd, RandForegroundSlicesd, foreground_slice_fractions
+from .utility import CheckImage, CheckImaged, CheckPaird, ImageCheckError, describe_source
