@@ -7,6 +7,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 
 __all__ = ["foreground_slice_fractions", "ForegroundSlicesd", "RandForegroundSlicesd"]
@@ -59,13 +60,18 @@ class _SliceSampler(MapTransform):
         return fractions
 
     def _take(self, d: Mapping[Hashable, torch.Tensor], indices: np.ndarray) -> list[dict[Hashable, torch.Tensor]]:
+        source = d[self.foreground_key]
+        filename = source.meta.get("filename_or_obj", "") if isinstance(source, MetaTensor) else ""
         samples = []
         for index in indices:
             sample = dict(d)
             for key in self.key_iterator(sample):
-                volume = torch.as_tensor(sample[key])  # plain tensor: a 2-D slice has no 3-D affine
+                volume = sample[key]
+                # a plain tensor: the volume's 3-D affine does not describe a 2-D slice
+                volume = volume.as_tensor() if isinstance(volume, MetaTensor) else torch.as_tensor(volume)
                 sample[key] = volume.select(self.spatial_axis + 1, int(index)).clone()
             sample["slice_index"] = int(index)
+            sample["filename"] = str(filename)  # kept so errors during training can name the file
             samples.append(sample)
         return samples
 
