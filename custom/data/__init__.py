@@ -1,1 +1,47 @@
+"""Dataset preparation: datalists, and the embedded demo data simulated from the MNI ICBM152 template.
+
+The demo generator and its simulation are imported on first use (PEP 562), so importing this package stays
+cheap and ``python -m custom.data.demo`` runs the module once, without a double-import warning.
+"""
+
 from __future__ import annotations
+
+import importlib
+
+from .datalist import IMAGE_SUFFIXES, DatasetError, find_images, load_datalist, prepare_dataset
+
+_LAZY = {
+    "demo": ("CONTRASTS", "SPLITS", "DATALIST_NAME", "RECORD_NAME", "MASK_NAME", "generate_demo_dataset"),
+    "simulation": (
+        "DEFAULT_SETTINGS",
+        "MEAN_SUBJECT",
+        "SEQUENCES",
+        "TISSUE_PROPERTIES",
+        "SimulatedSubject",
+        "SimulationSettings",
+        "Template",
+        "load_template",
+        "pointwise_mapping_psnr",
+        "robust_normalise",
+        "simulate_subject",
+    ),
+}
+
+__all__ = [
+    # datalists
+    "DatasetError",
+    "IMAGE_SUFFIXES",
+    "find_images",
+    "load_datalist",
+    "prepare_dataset",
+    # demo data and its simulation
+    *_LAZY["demo"],
+    *_LAZY["simulation"],
+]
+
+
+def __getattr__(name: str):
+    for module, names in _LAZY.items():
+        if name in names:
+            return getattr(importlib.import_module(f".{module}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,5 +4,5 @@ from .distributed import GradientAllReduceHandler
 from .ema import ExponentialMovingAverage, ExponentialMovingAverageHandler, ema_avg_fn
 from .progress import ProgressBarHandler
 from .tensorboard import SynthesisGridHandler, synthesis_grid
-from .checkpoint import latest_checkpoint
+from .checkpoint import EngineCheckpointLoader, EngineCheckpointSaver, RandomStates, latest_checkpoint
 from .stability import NonFiniteLossError, NonFiniteLossHandler

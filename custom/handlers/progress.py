@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ignite.engine import Engine
 from ignite.handlers import ProgressBar
-from monai.handlers import from_engine
 
 __all__ = ["ProgressBarHandler"]
 
@@ -23,5 +22,7 @@ class ProgressBarHandler:
         self.bar = ProgressBar(persist=persist, desc=desc)
 
     def attach(self, engine: Engine) -> None:
-        transform = from_engine([self.output_key], first=True) if self.output_key else None
-        self.bar.attach(engine, output_transform=transform)
+        self.bar.attach(engine, output_transform=self._shown if self.output_key else None)
+
+    def _shown(self, output: dict) -> dict[str, float]:
+        return {self.output_key: float(output[self.output_key])}

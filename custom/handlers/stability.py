@@ -26,7 +26,7 @@ class NonFiniteLossHandler:
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        loss = float(engine.state.output[CommonKeys.LOSS])
+        loss = float(engine.state.output[CommonKeys.LOSS].detach())
         if math.isfinite(loss):
             return
         batch = engine.state.batch

@@ -31,17 +31,12 @@ class SynthesisGridHandler:
 
     Args:
         log_dir: TensorBoard folder.
-        global_step_engine: engine whose epoch numbers the picture (usually the trainer); the evaluator's own if None.
         tag: TensorBoard image tag.
         max_rows: slices shown.
     """
 
-    def __init__(
-        self, log_dir: str, global_step_engine: Engine | None = None, tag: str = "source|synthesis|target|error",
-        max_rows: int = 4,
-    ) -> None:
+    def __init__(self, log_dir: str, tag: str = "source|synthesis|target|error", max_rows: int = 4) -> None:
         self.log_dir = log_dir
-        self.global_step_engine = global_step_engine
         self.tag = tag
         self.max_rows = max_rows
         self._writer = None
@@ -68,6 +63,6 @@ class SynthesisGridHandler:
             return
         if self._writer is None:
             self._writer = SummaryWriter(log_dir=self.log_dir)
-        step = (self.global_step_engine or engine).state.epoch
-        self._writer.add_image(self.tag, self._grid, step)
+        # a MONAI evaluator run by ValidationHandler carries the trainer's epoch
+        self._writer.add_image(self.tag, self._grid, engine.state.epoch)
         self._writer.flush()
