@@ -1,1 +1,3 @@
 from __future__ import annotations
+
+from .prepare_batch import PHMDiffPrepareBatch

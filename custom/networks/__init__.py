@@ -1,1 +1,3 @@
 from __future__ import annotations
+
+from .nets import PHMDIFF_PRESETS, PHMDiffDenoiser, PHMDiffSynthesizer

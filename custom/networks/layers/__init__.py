@@ -1,1 +1,4 @@
 from __future__ import annotations
+
+from .diffusion import PREDICTION_TYPES, convert_prediction, counter_normal
+from .pyramid import ImagePyramid, PyramidDownsample, PyramidUpsample, crop_to_size, pad_to_multiple

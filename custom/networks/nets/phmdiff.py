@@ -1,0 +1,478 @@
+"""PHMDiff: Pyramid Hierarchical Masked Diffusion for cross-modality image synthesis (arXiv 2507.16579).
+
+Sections: the denoiser (a masked diffusion transformer shared by all pyramid levels), size presets, and the
+synthesiser (the bundle's network: coarse-to-fine DDIM sampling around the denoiser).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from monai.networks.layers import Conv
+from monai.networks.schedulers import DDIMScheduler
+from monai.utils import ensure_tuple_rep
+from torch import nn
+
+from custom.networks.blocks.dit import DiTBlock, FinalLayer, TimestepEmbedder, sincos_position_embedding
+from custom.networks.blocks.masking import num_kept_tokens, random_masking, restore_tokens
+from custom.networks.layers.diffusion import PREDICTION_TYPES, convert_prediction, counter_normal
+from custom.networks.layers.pyramid import ImagePyramid, PyramidUpsample, crop_to_size, pad_to_multiple
+
+__all__ = ["PHMDiffDenoiser", "PHMDiffSynthesizer", "PHMDIFF_PRESETS", "phmdiff_t", "phmdiff_s", "phmdiff_b"]
+
+
+#################################################################################
+#                                  The denoiser                                 #
+#################################################################################
+
+
+class PHMDiffDenoiser(nn.Module):
+    """
+    The PHMDiff denoiser (arXiv 2507.16579): a diffusion transformer (DiT, adaLN-Zero) with MaskDiT token dropping
+    (arXiv 2306.09305), shared by all pyramid levels. At level ℓ it sees ``concat[x_t, source, prior]`` on the channel
+    axis, where ``prior`` is the up-sampled clean estimate of level ℓ+1 (zeros at the coarsest level), and is told its
+    level by a learned level embedding added to the timestep embedding.
+
+    With ``mask_ratio`` r > 0 a random ``round((1 - r) N)`` of the N patch tokens of each sample is kept and the
+    encoder runs on those only; a light decoder then runs on the full sequence with a learned mask token. The input
+    may have any spatial size: it is replicate-padded to a multiple of the patch size and the output cropped back,
+    and the fixed sin-cos position embedding is computed for the actual token grid (cached per grid).
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: channels of the source image.
+        out_channels: channels of the target image (and of x_t, the prior and the prediction).
+        num_levels: number of pyramid levels L (size of the level embedding).
+        patch_size: isotropic patch size, one int for all levels or one per level (level 0 = finest); levels with
+            different patch sizes get their own patch embedding and output layer.
+        hidden_size: token dimension D, divisible by ``2 * spatial_dims`` and by ``num_heads``.
+        depth: number of encoder blocks.
+        num_heads: attention heads.
+        decoder_depth: number of decoder blocks (run on the full sequence).
+        mlp_ratio: MLP width as a multiple of ``hidden_size``.
+        frequency_embedding_size: sinusoidal features of the timestep embedding.
+
+    Returns (``forward``):
+        ``(prediction, keep_mask, features)``: the prediction (B, out_channels, *spatial); a float mask
+        (B, 1, *spatial) that is 1 on pixels of kept (visible) tokens and 0 on dropped ones; the encoder output
+        averaged over the kept tokens (B, hidden_size), used by the MMD regulariser.
+
+    Example::
+
+        >>> net = PHMDiffDenoiser(spatial_dims=2, in_channels=1, out_channels=1, hidden_size=48, depth=2, num_heads=2)
+        >>> pred, keep, feat = net(torch.rand(2, 3, 99, 117), torch.tensor([10, 900]), level=0, mask_ratio=0.5)
+        >>> pred.shape, keep.shape, feat.shape
+        (torch.Size([2, 1, 99, 117]), torch.Size([2, 1, 99, 117]), torch.Size([2, 48]))
+        >>> net3d = PHMDiffDenoiser(spatial_dims=3, in_channels=1, out_channels=1, hidden_size=48, depth=2, num_heads=2)
+        >>> net3d(torch.rand(1, 3, 48, 40, 32), torch.tensor([10]), level=1)[0].shape
+        torch.Size([1, 1, 48, 40, 32])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        num_levels: int = 3,
+        patch_size: Sequence[int] | int = 4,
+        hidden_size: int = 96,
+        depth: int = 6,
+        num_heads: int = 4,
+        decoder_depth: int = 2,
+        mlp_ratio: float = 4.0,
+        frequency_embedding_size: int = 256,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("num_levels", num_levels)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+        if depth < 1 or decoder_depth < 0:
+            raise ValueError(f"depth must be >= 1 and decoder_depth >= 0, got depth={depth}, decoder_depth={decoder_depth}.")
+        if hidden_size < 1 or hidden_size % (2 * spatial_dims) != 0:
+            raise ValueError(f"hidden_size must be a positive multiple of {2 * spatial_dims}, got {hidden_size}.")
+        if num_heads < 1 or hidden_size % num_heads != 0:
+            raise ValueError(f"num_heads must divide hidden_size={hidden_size}, got {num_heads}.")
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}.")
+        patches = ensure_tuple_rep(patch_size, num_levels)
+        if any(int(p) < 1 for p in patches):
+            raise ValueError(f"patch_size must hold positive integers, got {patch_size}.")
+
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_levels = num_levels
+        self.hidden_size = hidden_size
+        distinct = sorted({int(p) for p in patches})
+        self.patch_sizes: List[int] = [int(p) for p in distinct]  # one patch embedding / output layer per entry
+        self.level_to_patch: List[int] = [distinct.index(int(p)) for p in patches]
+
+        conv = Conv[Conv.CONV, spatial_dims]
+        embed_channels = 2 * out_channels + in_channels  # concat[x_t, source, prior]
+        self.patch_embeds = nn.ModuleList(
+            [conv(embed_channels, hidden_size, kernel_size=p, stride=p) for p in self.patch_sizes]
+        )
+        self.t_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
+        self.level_embed = nn.Embedding(num_levels, hidden_size)
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        self.decoder_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(decoder_depth)])
+        self.final_layers = nn.ModuleList(
+            [FinalLayer(hidden_size, p**spatial_dims * out_channels) for p in self.patch_sizes]
+        )
+        self._pos_cache: Dict[str, torch.Tensor] = {}
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT initialisation; adaLN and output layers are zero, so every block is the identity and the output is 0."""
+
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+        for embed in self.patch_embeds:  # like nn.Linear on the flattened patch
+            nn.init.xavier_uniform_(embed.weight.view(embed.weight.shape[0], -1))
+            nn.init.zeros_(embed.bias)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        nn.init.normal_(self.level_embed.weight, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for block in list(self.blocks) + list(self.decoder_blocks):
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for layer in self.final_layers:
+            for lin in (layer.adaLN_modulation[-1], layer.linear):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+
+    def position_embedding(self, grid: List[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Fixed sin-cos embedding (1, prod(grid), D) of a token grid, cached per grid, device and dtype."""
+        key = f"{grid}|{device}|{dtype}"
+        if key not in self._pos_cache:
+            with torch.no_grad():
+                self._pos_cache[key] = sincos_position_embedding(grid, self.hidden_size, device, dtype)
+        return self._pos_cache[key]
+
+    def _embed(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        index = self.level_to_patch[level]
+        out = x
+        for i, embed in enumerate(self.patch_embeds):
+            if i == index:
+                out = embed(x)
+        return out
+
+    def _output(self, x: torch.Tensor, c: torch.Tensor, level: int) -> torch.Tensor:
+        index = self.level_to_patch[level]
+        out = x
+        for i, layer in enumerate(self.final_layers):
+            if i == index:
+                out = layer(x, c)
+        return out
+
+    def unpatchify(self, x: torch.Tensor, grid: List[int], patch: int) -> torch.Tensor:
+        """Tokens (B, N, p^d * C) to an image (B, C, *grid * p)."""
+        nd = len(grid)
+        b = x.shape[0]
+        x = x.reshape([b] + grid + [patch] * nd + [self.out_channels])  # (B, *grid, *patch, C)
+        perm = [0, 2 * nd + 1]
+        for i in range(nd):
+            perm += [1 + i, 1 + nd + i]
+        x = x.permute(perm)  # (B, C, g1, p1, g2, p2[, g3, p3])
+        return x.reshape([b, self.out_channels] + [g * patch for g in grid])  # (B, C, *grid * p)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, level: int = 0, mask_ratio: float = 0.0
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            x: ``concat[x_t, source, prior]`` of shape (B, 2 * out_channels + in_channels, *spatial).
+            t: diffusion timesteps (B,).
+            level: pyramid level, 0 = finest.
+            mask_ratio: fraction r in [0, 1) of tokens dropped before the encoder (0 at inference).
+        """
+        if level < 0 or level >= self.num_levels:
+            raise ValueError(f"level must be in [0, {self.num_levels}), got {level}.")
+        if mask_ratio < 0.0 or mask_ratio >= 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
+        size: List[int] = list(x.shape[2:])
+        patch = self.patch_sizes[self.level_to_patch[level]]
+        x = pad_to_multiple(x, [patch] * self.spatial_dims)  # (B, Cin, *padded)
+        grid = [s // patch for s in list(x.shape[2:])]
+        b = x.shape[0]
+
+        tokens = self._embed(x, level).flatten(2).transpose(1, 2)  # (B, N, D)
+        pos = self.position_embedding(grid, tokens.device, tokens.dtype)  # (1, N, D)
+        tokens = tokens + pos  # (B, N, D)
+        c = self.t_embedder(t) + self.level_embed.weight[level].unsqueeze(0)  # (B, D)
+
+        n = tokens.shape[1]
+        num_keep = num_kept_tokens(n, mask_ratio)
+        ids_restore = torch.zeros(0, dtype=torch.long, device=tokens.device)
+        keep_mask = torch.ones(b, n, dtype=tokens.dtype, device=tokens.device)  # (B, N)
+        if num_keep < n:
+            tokens, keep_mask, ids_restore = random_masking(tokens, num_keep)  # (B, K, D)
+
+        for block in self.blocks:
+            tokens = block(tokens, c)  # (B, K, D)
+        features = tokens.mean(dim=1)  # (B, D)
+
+        if num_keep < n:
+            tokens = restore_tokens(tokens, ids_restore, self.mask_token)  # (B, N, D)
+        tokens = tokens + pos  # (B, N, D)
+        for block in self.decoder_blocks:
+            tokens = block(tokens, c)  # (B, N, D)
+
+        out = self.unpatchify(self._output(tokens, c, level), grid, patch)  # (B, C, *padded)
+        mask = keep_mask.reshape([b, 1] + grid)  # (B, 1, *grid)
+        for i in range(self.spatial_dims):
+            mask = mask.repeat_interleave(patch, dim=2 + i)  # (B, 1, *padded)
+        return crop_to_size(out, size), crop_to_size(mask, size), features
+
+
+# TorchScript needs the type of the (initially empty) cache; a string annotation is not resolved under
+# ``from __future__ import annotations``, so the class gets the real type here.
+PHMDiffDenoiser.__annotations__["_pos_cache"] = Dict[str, torch.Tensor]
+
+
+#################################################################################
+#                                  Size presets                                 #
+#################################################################################
+
+
+def _preset(defaults: Dict[str, float], kwargs: dict) -> PHMDiffDenoiser:
+    merged = dict(defaults)
+    merged.update({k: v for k, v in kwargs.items() if v is not None})
+    return PHMDiffDenoiser(**merged)
+
+
+def phmdiff_t(**kwargs) -> PHMDiffDenoiser:
+    """Tiny (tests, smoke runs): D=48, 2 encoder blocks, 2 heads, 1 decoder block (~0.2 M parameters)."""
+    return _preset({"hidden_size": 48, "depth": 2, "num_heads": 2, "decoder_depth": 1}, kwargs)
+
+
+def phmdiff_s(**kwargs) -> PHMDiffDenoiser:
+    """Small (default, trains on a CPU): D=96, 6 encoder blocks, 4 heads, 2 decoder blocks (~1.0 M parameters)."""
+    return _preset({"hidden_size": 96, "depth": 6, "num_heads": 4, "decoder_depth": 2}, kwargs)
+
+
+def phmdiff_b(**kwargs) -> PHMDiffDenoiser:
+    """Base (GPU): D=384, 12 encoder blocks, 6 heads, 2 decoder blocks (~30 M parameters)."""
+    return _preset({"hidden_size": 384, "depth": 12, "num_heads": 6, "decoder_depth": 2}, kwargs)
+
+
+PHMDIFF_PRESETS: Dict[str, Callable[..., PHMDiffDenoiser]] = {"T": phmdiff_t, "S": phmdiff_s, "B": phmdiff_b}
+
+
+#################################################################################
+#                                  The synthesiser                              #
+#################################################################################
+
+
+class PHMDiffSynthesizer(nn.Module):
+    """
+    The PHMDiff synthesiser (arXiv 2507.16579), the network of the bundle: ``forward(source)`` returns the
+    synthesised target with the spatial shape of ``source`` by coarse-to-fine sampling over an image pyramid.
+    The coarsest level is sampled first with a zero prior; each finer level is then sampled conditioned on its
+    source level and on the up-sampled clean estimate of the level below. Each level is sampled with DDIM
+    (Song et al., arXiv 2010.02502) using the noise schedule and timesteps of MONAI's
+    :class:`~monai.networks.schedulers.DDIMScheduler`.
+
+    The trainable part is ``self.denoiser`` (:class:`PHMDiffDenoiser`); the sampling constants are non-persistent
+    buffers (they follow ``.to(device)`` but are not in the ``state_dict``), so the ``state_dict`` is the single
+    checkpoint format for training, inference, export and MONAI Label, whatever ``num_inference_steps``.
+
+    Sampling noise is a pure function of ``(seed, level, step, voxel position)`` (:func:`counter_normal`): the same
+    seed gives the bit-identical image whatever torch's global RNG state, a slice gets the same noise whatever batch
+    it is in, and ``torch.jit.script(synth)`` reproduces the eager result exactly. Sampling runs without gradients
+    and works under ``torch.inference_mode()``.
+
+    Inputs are replicate-padded to a multiple of ``patch_size * 2 ** (num_levels - 1)`` (per level, the least common
+    multiple) and the output is cropped back, so any input size works.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: channels of the source image.
+        out_channels: channels of the target image.
+        num_levels: pyramid levels L (paper: a multi-scale pyramid with scale factor 0.5; default 3).
+        patch_size: isotropic patch size, one for all levels or one per level (level 0 = finest). Default 4.
+        preset: size preset name in ``PHMDIFF_PRESETS`` ("T", "S", "B"); default "S".
+        hidden_size: overrides the preset's token dimension.
+        depth: overrides the preset's number of encoder blocks.
+        num_heads: overrides the preset's number of attention heads.
+        decoder_depth: overrides the preset's number of decoder blocks.
+        mlp_ratio: MLP width as a multiple of ``hidden_size``; default 4.
+        num_train_timesteps: diffusion steps T of training; default 1000.
+        schedule: MONAI noise schedule name ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine");
+            default "linear_beta" (β from 1e-4 to 2e-2, as DDPM).
+        num_inference_steps: DDIM steps per level; default 10 (CPU-practical; the x₀ estimate of a strongly
+            conditioned level settles within a few steps). Changing it later (``set_num_inference_steps``) needs no
+            new checkpoint.
+        seed: seed of the sampling noise; default 0.
+        prediction_type: what the denoiser predicts: "epsilon" (paper: the backbone predicts noise), "sample" (x₀) or
+            "v_prediction".
+        eta: DDIM stochasticity η (0 = deterministic DDIM); default 0.
+        clip_sample: clamp the x₀ estimate to [-1, 1] (intensities are scaled to [-1, 1]); default True.
+        prior_noise_std: std of Gaussian noise added to the up-sampled prior at inference (conditioning
+            augmentation, Ho et al. 2021; training draws it from [0, ``prior_noise_std`` of the inferer]); default 0.
+        pad_mode: padding mode for sizes that are not a multiple of the pyramid's patch grid; default "replicate".
+
+    Example::
+
+        >>> synth = PHMDiffSynthesizer(spatial_dims=2, preset="T", num_inference_steps=2).eval()
+        >>> synth(torch.rand(1, 1, 99, 117) * 2 - 1).shape
+        torch.Size([1, 1, 99, 117])
+        >>> synth3d = PHMDiffSynthesizer(spatial_dims=3, preset="T", patch_size=2, num_inference_steps=2).eval()
+        >>> synth3d(torch.rand(1, 1, 48, 40, 32)).shape
+        torch.Size([1, 1, 48, 40, 32])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        num_levels: int = 3,
+        patch_size: Sequence[int] | int = 4,
+        preset: str = "S",
+        hidden_size: Optional[int] = None,
+        depth: Optional[int] = None,
+        num_heads: Optional[int] = None,
+        decoder_depth: Optional[int] = None,
+        mlp_ratio: Optional[float] = None,
+        num_train_timesteps: int = 1000,
+        schedule: str = "linear_beta",
+        num_inference_steps: int = 10,
+        seed: int = 0,
+        prediction_type: str = "epsilon",
+        eta: float = 0.0,
+        clip_sample: bool = True,
+        prior_noise_std: float = 0.0,
+        pad_mode: str = "replicate",
+    ) -> None:
+        super().__init__()
+        if preset not in PHMDIFF_PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PHMDIFF_PRESETS)}, got {preset!r}.")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
+        if num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}.")
+        if not 1 <= num_inference_steps <= num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be in [1, num_train_timesteps={num_train_timesteps}], got {num_inference_steps}."
+            )
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}.")
+        if prior_noise_std < 0:
+            raise ValueError(f"prior_noise_std must be >= 0, got {prior_noise_std}.")
+        if pad_mode not in ("replicate", "reflect", "constant"):
+            raise ValueError(f"pad_mode must be 'replicate', 'reflect' or 'constant', got {pad_mode!r}.")
+        self.denoiser = PHMDIFF_PRESETS[preset](
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            num_levels=num_levels,
+            patch_size=patch_size,
+            hidden_size=hidden_size,
+            depth=depth,
+            num_heads=num_heads,
+            decoder_depth=decoder_depth,
+            mlp_ratio=mlp_ratio,
+        )
+        self.spatial_dims = spatial_dims
+        self.out_channels = out_channels
+        self.num_levels = num_levels
+        self.prediction_type = prediction_type
+        self.num_train_timesteps = num_train_timesteps
+        self.seed = seed
+        self.eta = eta
+        self.clip_sample = clip_sample
+        self.prior_noise_std = prior_noise_std
+        self.pad_mode = pad_mode
+        patches = ensure_tuple_rep(patch_size, num_levels)
+        multiple = 2 ** (num_levels - 1)
+        for level, p in enumerate(patches):
+            multiple = multiple * int(p) * 2**level // math.gcd(multiple, int(p) * 2**level)
+        self.pad_multiple: List[int] = [multiple] * spatial_dims
+        self.pyramid = ImagePyramid(spatial_dims, num_levels)
+        self.upsample = PyramidUpsample(spatial_dims)
+
+        self.scheduler_args = {"num_train_timesteps": num_train_timesteps, "schedule": schedule}
+        scheduler = DDIMScheduler(num_train_timesteps=num_train_timesteps, schedule=schedule)
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float().clone(), persistent=False)
+        self.num_inference_steps = num_inference_steps
+        self.set_num_inference_steps(num_inference_steps)
+
+    @torch.jit.unused
+    def set_num_inference_steps(self, num_inference_steps: int) -> None:
+        """(Re)build the DDIM step pairs t_i → t_{i+1} (the last one to ᾱ = 1) from MONAI's DDIM timesteps."""
+        if not 1 <= num_inference_steps <= self.num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}.")
+        scheduler = DDIMScheduler(**self.scheduler_args)
+        scheduler.set_timesteps(num_inference_steps)
+        timesteps = scheduler.timesteps.long()
+        alphas = scheduler.alphas_cumprod.float()
+        prev = torch.cat([alphas[timesteps[1:]], torch.ones(1)])  # set_alpha_to_one at the end of the chain
+        device = self.alphas_cumprod.device
+        self.register_buffer("timesteps", timesteps.to(device), persistent=False)
+        self.register_buffer("alpha_bar_t", alphas[timesteps].to(device), persistent=False)
+        self.register_buffer("alpha_bar_prev", prev.to(device), persistent=False)
+        self.num_inference_steps = num_inference_steps
+
+    def _sample_level(self, source: torch.Tensor, prior: torch.Tensor, level: int) -> torch.Tensor:
+        """DDIM sampling of one level; returns the final clean estimate (B, C_out, *spatial)."""
+        b = source.shape[0]
+        shape = [1, self.out_channels] + list(source.shape[2:])  # noise per position, shared across the batch
+        steps = self.timesteps.shape[0]
+        stream = level * (steps + 1)
+        x = counter_normal(shape, self.seed, stream, source.device, source.dtype).expand(
+            [b] + shape[1:]
+        )  # (B, C, *S)
+        x0 = x
+        for i in range(steps):
+            t = self.timesteps[i].expand(b)  # (B,)
+            a_t = self.alpha_bar_t[i].to(source.dtype)
+            a_prev = self.alpha_bar_prev[i].to(source.dtype)
+            out = self.denoiser(torch.cat([x, source, prior], dim=1), t, level, 0.0)[0]  # (B, C, *S)
+            x0 = convert_prediction(out, x, a_t, self.prediction_type, "sample")
+            if self.clip_sample:
+                x0 = x0.clamp(-1.0, 1.0)
+            eps = convert_prediction(x0, x, a_t, "sample", "epsilon")
+            sigma = self.eta * torch.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+            x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0.0).sqrt() * eps  # (B, C, *S)
+            if self.eta > 0 and i < steps - 1:
+                x = x + sigma * counter_normal(shape, self.seed, stream + 1 + i, source.device, source.dtype)
+        return x0
+
+    def forward(self, source: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            source: source image (B, in_channels, *spatial), intensities scaled to about [-1, 1].
+
+        Returns:
+            the synthesised target (B, out_channels, *spatial).
+        """
+        with torch.no_grad():
+            size: List[int] = list(source.shape[2:])
+            sources = self.pyramid(pad_to_multiple(source, self.pad_multiple, self.pad_mode))  # L x (B, Cin, *S_l)
+            coarsest = sources[self.num_levels - 1]
+            b = source.shape[0]
+            prior = torch.zeros([b, self.out_channels] + list(coarsest.shape[2:]), dtype=source.dtype, device=source.device)
+            estimate = prior
+            for level in range(self.num_levels - 1, -1, -1):
+                src = sources[level]
+                if level < self.num_levels - 1:
+                    prior = self.upsample(estimate, list(src.shape[2:]))  # (B, C, *S_l)
+                    if self.prior_noise_std > 0:
+                        prior = prior + self.prior_noise_std * counter_normal(
+                            [1, self.out_channels] + list(src.shape[2:]), self.seed, -1 - level, src.device, src.dtype
+                        )
+                estimate = self._sample_level(src, prior, level)  # (B, C, *S_l)
+            return crop_to_size(estimate, size)  # (B, C, *spatial)
