@@ -131,3 +131,18 @@ def test_slicer_along_other_axes():
     out = RandForegroundSlicesd(keys="image", num_slices=2, spatial_axis=0, threshold=-2)(data)
     assert out[0]["image"].shape == (1, 7, 8)
     assert np.isclose(float(out[0]["image"].mean()), float(data["image"][0, out[0]["slice_index"]].mean()))
+
+
+def test_resample_to_spacing_keeps_plain_entries_beside_a_nifti(tmp_path):
+    """MONAI Label adds the string ``image_path``; MONAI's Spacingd would call ``.update`` on it for NIfTI input."""
+    import nibabel as nib
+    from monai.transforms import EnsureChannelFirstd, LoadImaged
+
+    from custom.transforms import ResampleToSpacingd
+
+    path = str(tmp_path / "volume.nii.gz")
+    nib.save(nib.Nifti1Image(np.random.rand(10, 12, 8).astype(np.float32), np.eye(4)), path)
+    data = EnsureChannelFirstd("image")(LoadImaged("image")({"image": path, "image_path": path}))
+    out = ResampleToSpacingd("image", pixdim=(2.0, 2.0, 2.0))(data)
+    assert out["image"].shape == (1, 6, 6, 4) and out["image_path"] == path
+    assert np.allclose(out["image"].pixdim, (2.0, 2.0, 2.0))

@@ -4,5 +4,15 @@ from .distributed import GradientAllReduceHandler
 from .ema import ExponentialMovingAverage, ExponentialMovingAverageHandler, ema_avg_fn
 from .progress import ProgressBarHandler
 from .tensorboard import SynthesisGridHandler, synthesis_grid
-from .checkpoint import EngineCheckpointLoader, EngineCheckpointSaver, RandomStates, latest_checkpoint
+from .checkpoint import (
+    AtomicCheckpointSaver,
+    CheckedCheckpointLoader,
+    CheckpointError,
+    EngineCheckpointLoader,
+    EngineCheckpointSaver,
+    RandomStates,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from .stability import NonFiniteLossError, NonFiniteLossHandler
+from .errors import bundle_error, report_errors_briefly

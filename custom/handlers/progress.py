@@ -25,4 +25,4 @@ class ProgressBarHandler:
         self.bar.attach(engine, output_transform=self._shown if self.output_key else None)
 
     def _shown(self, output: dict) -> dict[str, float]:
-        return {self.output_key: float(output[self.output_key])}
+        return {self.output_key: float(output[self.output_key].detach())}

@@ -8,5 +8,14 @@ from .intensity import (
     ModalityNormalized,
     check_modality,
 )
-from .spatial import ForegroundSlicesd, RandForegroundSlicesd, foreground_slice_fractions
+from .spatial import ForegroundSlicesd, RandForegroundSlicesd, ResampleToSpacingd, foreground_slice_fractions
 from .utility import CheckImage, CheckImaged, CheckPaird, ImageCheckError, describe_source
+from .io import (
+    ImageReadError,
+    OutputExistsError,
+    OutputWriteError,
+    SafeLoadImage,
+    SafeLoadImaged,
+    SafeSaveImage,
+    SafeSaveImaged,
+)

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import MapTransform, Randomizable, Spacingd
 
-__all__ = ["foreground_slice_fractions", "ForegroundSlicesd", "RandForegroundSlicesd"]
+__all__ = ["foreground_slice_fractions", "ForegroundSlicesd", "RandForegroundSlicesd", "ResampleToSpacingd"]
 
 
 def foreground_slice_fractions(img: torch.Tensor, spatial_axis: int, threshold: float) -> np.ndarray:
@@ -105,3 +105,22 @@ class RandForegroundSlicesd(Randomizable, _SliceSampler):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict[Hashable, torch.Tensor]]:
         return self._take(data, self.randomize(self._fractions(data)))
+
+
+class ResampleToSpacingd(Spacingd):
+    """MONAI's :class:`~monai.transforms.Spacingd` that tolerates plain ``{key}_*`` entries beside the image.
+
+    For NIfTI input, MONAI 1.6's ``Spacingd`` updates every ``{key}_*`` entry as if it were a metadata dictionary;
+    MONAI Label puts the string ``image_path`` in the data, which would crash it. Such entries are set aside
+    during resampling and put back unchanged. Arguments as ``Spacingd``.
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        extras = {
+            k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)
+        }
+        d = super().__call__(d, lazy=lazy)
+        d.update(extras)
+        return d

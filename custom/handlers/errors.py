@@ -1,0 +1,50 @@
+"""One clear line for the user when a bundle command stops on a known problem (bad input, checkpoint or output)."""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+__all__ = ["bundle_error", "report_errors_briefly"]
+
+_PACKAGE = __name__.split(".")[0]  # errors defined in this package describe the user's data, config or files
+
+
+def bundle_error(exc: BaseException | None) -> BaseException | None:
+    """The first exception of this package in ``exc``'s chain (``__cause__`` / ``__context__``), if any.
+
+    MONAI's bundle runner wraps errors raised while instantiating or evaluating config items
+    (``RuntimeError: Failed to evaluate ...``) and ``Compose`` wraps transform errors (``applying transform ...``);
+    the message the user needs is the innermost one from this package.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__module__.split(".")[0] == _PACKAGE:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    found = bundle_error(exc)
+    if found is None or sys.flags.dev_mode:
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    print(
+        f"(traceback hidden; `python -X dev -m monai.bundle ...` shows it)\n"
+        f"{type(found).__name__}: {found}",
+        file=sys.stderr,
+    )
+
+
+def report_errors_briefly() -> None:
+    """Make an uncaught error of this package end the process with one line, ``<ErrorType>: <message>`` naming the
+    file or config id and the problem, instead of MONAI's chained traceback; other errors keep the full traceback,
+    and ``python -X dev`` shows it for ours too. Called from the configs' ``initialize``.
+
+    A hook, not ``SystemExit`` subclasses: the errors stay ordinary ``ValueError``/``RuntimeError``/``OSError``
+    that library callers (MONAI Label, DataLoader workers, tests) catch as usual.
+    """
+    sys.excepthook = _hook
+

@@ -1,0 +1,3 @@
+from __future__ import annotations
+
+from .figures import plot_training_curves, save_synthesis_grid
