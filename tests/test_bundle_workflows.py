@@ -45,7 +45,7 @@ def succeeded(result: subprocess.CompletedProcess) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("data") / "pairs"
-    generate_demo_dataset(folder, num_training=2, num_validation=1, num_test=1, spacing=4.0)
+    generate_demo_dataset(folder, num_training=2, num_validation=2, num_test=1, spacing=4.0)  # 2: one per rank
     return folder
 
 
