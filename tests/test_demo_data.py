@@ -17,7 +17,7 @@ from parameterized import parameterized
 from scipy import ndimage as ndi
 
 from custom.data import demo
-from custom.data.demo import CONTRASTS, generate_demo_dataset
+from custom.data.demo import generate_demo_dataset
 from custom.data.simulation import (
     DEFAULT_SETTINGS,
     MEAN_SUBJECT,

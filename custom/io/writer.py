@@ -25,7 +25,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from .geometry import DicomSeriesError, series_geometry, series_label
+from .geometry import DicomSeriesError, series_geometry
 
 __all__ = ["DicomSeriesWriter", "choose_rescale", "PATIENT_STUDY_TAGS"]
 
