@@ -1,0 +1,366 @@
+"""Quality part of ``benchmarks/run.py``: every learned row trained for the same wall-clock budget on the bundle's
+training slices, then scored on the held-out demo test subjects against the baselines.
+
+Usage (normally through run.py)::
+
+    python benchmarks/bench_quality.py --budget 25 --eval-slices 4 --out FILE.json
+
+Protocol
+  * data: the bundle's train.json pipeline unchanged (CacheDataset + load transforms + RandForegroundSlicesd,
+    flips, affine, intensity scaling; batches of volumes_per_batch x slices_per_volume = 8 slices of 99x117);
+    every row starts from the same seed, so it sees the same batch sequence;
+  * training: AdamW at the bundle's learning_rate, constant (the bundle's warm-up/cosine schedule is tied to an
+    epoch count, which a wall-clock budget does not have), no EMA (at decay 0.999 a short run's EMA is still
+    the initialisation); the clock counts data loading + optimiser steps and stops at the first step that
+    reaches the budget; evaluations for the learning curve pause it;
+  * test: the demo test split (generate_demo_dataset, seed 0), intensities normalised as the bundle does
+    (ModalityNormalized: 0.5/99.5 percentiles -> [-1, 1]); axial slices (slice_axis 2); metrics in that
+    normalised space with data range 2 (as the bundle's validation): PSNR, SSIM (2-D, Gaussian 11/1.5, per
+    slice), MAE, over all voxels of the evaluated slices ("whole") and inside the brain mask ("brain");
+    mean and std over subjects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common as bc  # noqa: E402
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd  # noqa: E402
+from monai.utils import set_determinism  # noqa: E402
+
+from custom.data import load_datalist  # noqa: E402
+from custom.transforms.spatial import foreground_slice_fractions  # noqa: E402
+
+PHMDIFF_ROWS = {
+    # name: (network overrides, mask ratio, MMD weight)
+    "phmdiff": ({}, 0.5, 0.1),
+    "phmdiff_no_mmd": ({}, 0.5, 0.0),
+    "phmdiff_no_masking": ({}, 0.0, 0.1),
+    "phmdiff_one_level": ({"num_levels": 1, "patch_size": [8]}, 0.5, 0.1),
+    "dit_single_level": ({"num_levels": 1, "patch_size": [8]}, 0.0, 0.0),
+}
+LEARNED_ROWS = list(PHMDIFF_ROWS) + ["unet_l1", "ddpm_unet"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]  # (1, 1, k, k)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """2-D SSIM map (N, 1, H-10, W-10) with MONAI's SSIMMetric defaults (Gaussian 11, sigma 1.5, k1 .01, k2 .03)."""
+    w = _gaussian_window().to(x)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = F.conv2d(x, w), F.conv2d(y, w)
+    sxx = F.conv2d(x * x, w) - mx**2
+    syy = F.conv2d(y * y, w) - my**2
+    sxy = F.conv2d(x * y, w) - mx * my
+    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+
+
+def metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """PSNR/SSIM/MAE of one subject's evaluated slices (N, 1, H, W), whole and inside ``mask``."""
+    pred, target = pred.double().clamp(-1, 1), target.double()
+    inside = mask > 0
+    err = pred - target
+    smap = ssim_map(pred, target)
+    inner = inside[:, :, 5:-5, 5:-5]  # SSIM-map pixels whose window centre is in the brain
+    out = {}
+    for name, sel, ssim_sel in (("whole", torch.ones_like(inside), torch.ones_like(inner)), ("brain", inside, inner)):
+        mse = float((err[sel] ** 2).mean())
+        out[f"psnr_{name}"] = 10 * math.log10(4.0 / max(mse, 1e-12))
+        out[f"ssim_{name}"] = float(smap[ssim_sel].mean())
+        out[f"mae_{name}"] = float(err[sel].abs().mean())
+    return out
+
+
+def summarise(per_subject: list[dict[str, float]]) -> dict[str, float]:
+    keys = per_subject[0].keys()
+    out = {}
+    for k in keys:
+        values = np.array([s[k] for s in per_subject])
+        out[k] = float(values.mean())
+        out[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def demo_dataset_dir() -> Path:
+    path = bc.ROOT / "bundle" / "data" / "demo_t1w_t2w"
+    if (path / "datalist.json").is_file():
+        return path
+    from custom.data import generate_demo_dataset
+
+    return generate_demo_dataset(Path("/tmp/phmdiff_bench_demo"), "t1w", "t2w").parent
+
+
+def load_test_set(parser, dataset_dir: Path, eval_slices: int) -> list[dict]:
+    """Test subjects as normalised axial slice stacks (N, 1, H, W) plus brain masks, with the slice indices."""
+    load = Compose(parser.get_parsed_content("load_transforms"))
+    load_mask = Compose([LoadImaged("mask"), EnsureChannelFirstd("mask"), Orientationd("mask", axcodes="RAS")])
+    axis = int(parser["slice_axis"])
+    subjects = []
+    for entry in load_datalist(dataset_dir / "datalist.json", "test", required_keys=("image", "label", "mask")):
+        d = load({"image": entry["image"], "label": entry["label"]})
+        m = load_mask({"mask": entry["mask"]})["mask"]
+        fractions = foreground_slice_fractions(d["image"], axis, -0.8)
+        candidates = np.flatnonzero(fractions >= 0.05)
+        if eval_slices > 0:  # evenly spaced over the foreground slices, edges skipped (as ForegroundSlicesd)
+            positions = np.linspace(0, len(candidates) - 1, eval_slices + 2)[1:-1]
+            index = candidates[np.round(positions).astype(int)]
+        else:
+            index = np.arange(d["image"].shape[axis + 1])
+
+        def stack(v):
+            v = torch.as_tensor(v.as_tensor() if hasattr(v, "as_tensor") else v).float()
+            return v.movedim(axis + 1, 0)[torch.as_tensor(index)]  # (N, 1, H, W)
+
+        subjects.append({"name": entry["image"], "source": stack(d["image"]), "target": stack(d["label"]),
+                         "mask": stack(m), "slices": index.tolist()})
+    return subjects
+
+
+def predict_all(model, subjects: list[dict], seed: int = 0, chunk: int = 16, limit: int | None = None) -> list[torch.Tensor]:
+    out = []
+    for s in subjects:
+        src = s["source"][:limit] if limit else s["source"]
+        out.append(torch.cat([model.predict(src[i : i + chunk], seed=seed) for i in range(0, len(src), chunk)]))
+    return out
+
+
+def score(preds: list[torch.Tensor], subjects: list[dict], limit: int | None = None) -> dict:
+    per = [metrics(p[:limit] if limit else p, s["target"][: len(p[:limit] if limit else p)], s["mask"][: len(p[:limit] if limit else p)])
+           for p, s in zip(preds, subjects)]
+    return summarise(per)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Baselines without training on the test subject
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def linear_remap(train_items: list[dict], subjects: list[dict]) -> tuple[dict, dict]:
+    """Least-squares target = a * source + b on every voxel of the training volumes (normalised as the bundle)."""
+    sxx = sx = sxy = sy = n = 0.0
+    for d in train_items:
+        x, y = torch.as_tensor(d["image"]).double().flatten(), torch.as_tensor(d["label"]).double().flatten()
+        sxx += float((x * x).sum())
+        sx += float(x.sum())
+        sxy += float((x * y).sum())
+        sy += float(y.sum())
+        n += x.numel()
+    a = (n * sxy - sx * sy) / (n * sxx - sx * sx)
+    b = (sy - a * sx) / n
+    preds = [(a * s["source"] + b).clamp(-1, 1) for s in subjects]
+    return score(preds, subjects), {"a": a, "b": b, "voxels": n, "volumes": len(train_items)}
+
+
+def training_volumes(parser, dataset_dir: Path) -> list[dict]:
+    """The training volumes after the bundle's load transforms (what CacheDataset caches)."""
+    load = Compose(parser.get_parsed_content("load_transforms"))
+    entries = load_datalist(dataset_dir / "datalist.json", "training", required_keys=("image", "label"))
+    return [load({"image": e["image"], "label": e["label"]}) for e in entries]
+
+
+def oracle_check(dataset_dir: Path) -> float:
+    """custom.data.simulation.pointwise_mapping_psnr on the whole raw test volumes (brain mask), mean over
+    subjects: the project's own definition of the voxel-wise bound, as a cross-check of oracle_remap."""
+    import nibabel as nib
+
+    from custom.data import pointwise_mapping_psnr
+
+    values = []
+    for e in load_datalist(dataset_dir / "datalist.json", "test", required_keys=("image", "label", "mask")):
+        arrays = [np.asarray(nib.load(e[k]).dataobj, dtype=np.float32) for k in ("image", "label", "mask")]
+        values.append(pointwise_mapping_psnr(*arrays))
+    return float(np.mean(values))
+
+
+def oracle_remap(subjects: list[dict], bins: int = 256) -> dict:
+    """Best pointwise intensity mapping fitted on each test subject itself (conditional mean of the target per
+    source bin; fitted on all evaluated voxels for "whole", on brain voxels for "brain")."""
+    per = []
+    for s in subjects:
+        src, tgt, inside = s["source"].double(), s["target"].double(), s["mask"] > 0
+        index = ((src + 1) / 2 * bins).long().clamp(0, bins - 1)
+        result = {}
+        for name, sel in (("whole", torch.ones_like(inside)), ("brain", inside)):
+            counts = torch.bincount(index[sel], minlength=bins).double()
+            sums = torch.bincount(index[sel], weights=tgt[sel], minlength=bins)
+            mapping = sums / counts.clamp(min=1)
+            m = metrics(mapping[index].float(), s["target"], s["mask"])
+            result.update({k: v for k, v in m.items() if k.endswith(name)})
+        per.append(result)
+    return summarise(per)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learned rows
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_row(name: str, ddim_steps: int):
+    if name in PHMDIFF_ROWS:
+        overrides, ratio, mmd = PHMDIFF_ROWS[name]
+        return bc.PHMDiffStep(bc.make_phmdiff(**overrides), mask_ratio=ratio, mmd_weight=mmd), {
+            "network": {**bc.bundle_network_config(), **overrides}, "mask_ratio": ratio, "mmd_weight": mmd}
+    if name == "unet_l1":
+        return bc.UNetL1Step(), {"network": "monai.networks.nets.UNet", **{k: list(v) if isinstance(v, tuple) else v for k, v in bc.UNET_L1_ARGS.items()}, "loss": "L1"}
+    if name == "ddpm_unet":
+        return bc.DDPMUNetStep(ddim_steps=ddim_steps), {
+            "network": "monai DiffusionModelUNet", **{k: list(v) if isinstance(v, tuple) else v for k, v in bc.DDPM_UNET_ARGS.items()},
+            "train": "DDPM, 1000 linear-beta steps, epsilon-MSE", "sampler": f"DDIM {ddim_steps} steps, eta 0"}
+    raise ValueError(name)
+
+
+def train_row(name, loader, preprocessing, seed, budget, curve_fracs, curve_eval, ddim_steps) -> tuple[object, dict]:
+    set_determinism(seed)
+    preprocessing.set_random_state(seed)
+    torch.manual_seed(seed)
+    step, info = build_row(name, ddim_steps)
+    info["params"] = bc.num_params(step.model)
+    it = iter(loader)
+    trained, steps, images, losses, curve = 0.0, 0, 0, [], []
+    pending = [f * budget for f in curve_fracs]
+    while trained < budget:
+        start = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        source, target = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"], batch["label"]
+        target = target.as_tensor() if hasattr(target, "as_tensor") else target
+        losses.append(step.train_on(source.float(), target.float()))
+        trained += time.perf_counter() - start
+        steps += 1
+        images += source.shape[0]
+        if not math.isfinite(losses[-1]):
+            info["diverged"] = True
+            break
+        while pending and trained >= pending[0] and trained < budget:
+            pending.pop(0)
+            curve.append({"train_seconds": trained, "steps": steps, **curve_eval(step)})
+    info.update({"train_seconds": trained, "steps": steps, "images": images, "seed": seed,
+                 "final_loss_mean_last10": float(np.mean(losses[-10:])) if losses else None, "curve": curve})
+    return step, info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, default=25.0, help="training seconds per learned row")
+    parser.add_argument("--eval-slices", type=int, default=4, help="slices per test subject (0 = all)")
+    parser.add_argument("--curve-slices", type=int, default=2, help="slices per subject for learning-curve points")
+    parser.add_argument("--curve-points", type=int, default=2, help="intermediate learning-curve points per row")
+    parser.add_argument("--ddim-steps", type=int, default=5, help="DDIM steps of the DDPM UNet baseline")
+    parser.add_argument("--mean-seeds", type=int, default=3, help="samples averaged for the posterior mean")
+    parser.add_argument("--rows", default=",".join(LEARNED_ROWS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shipped", default=str(bc.ROOT / "bundle" / "models" / "model.pt"))
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    wall = time.perf_counter()
+
+    dataset_dir = demo_dataset_dir()
+    cfg = bc.bundle_parser(bc.TRAIN_CONFIG, dataset_dir=str(dataset_dir))
+    cfg.parse()
+    loader = cfg.get_parsed_content("train#dataloader")
+    preprocessing = cfg.get_parsed_content("train#preprocessing")
+    subjects = load_test_set(cfg, dataset_dir, args.eval_slices)
+    curve_subjects = [{k: (v[: args.curve_slices] if torch.is_tensor(v) else v) for k, v in s.items()} for s in subjects]
+    data_seconds = time.perf_counter() - wall
+
+    def curve_eval(step) -> dict:
+        return {k: v for k, v in score(predict_all(step, curve_subjects), curve_subjects).items() if not k.endswith("_std")}
+
+    rows: dict[str, dict] = {}
+    start = time.perf_counter()
+    cache = getattr(loader.dataset, "_cache", None)  # CacheDataset: the load transforms' output per volume
+    train_items = cache if cache and all(isinstance(c, dict) and "label" in c for c in cache) else None
+    rows["linear_remap"], linear_fit = linear_remap(train_items or training_volumes(cfg, dataset_dir), subjects)
+    rows["linear_remap"]["fit"] = linear_fit
+    rows["oracle_remap"] = oracle_remap(subjects)
+    rows["oracle_remap"]["note"] = "fitted on each test subject itself: an upper bound for voxel-wise mappings"
+    rows["oracle_remap"]["check_psnr_brain_whole_volumes_custom_simulation"] = oracle_check(dataset_dir)
+    baseline_seconds = time.perf_counter() - start
+
+    for name in [r for r in args.rows.split(",") if r]:
+        step, info = train_row(name, loader, preprocessing, args.seed, args.budget,
+                               [(i + 1) / (args.curve_points + 1) for i in range(args.curve_points)], curve_eval,
+                               args.ddim_steps)
+        start = time.perf_counter()
+        preds = predict_all(step, subjects, seed=0)
+        info["eval_seconds"] = time.perf_counter() - start
+        info.update(score(preds, subjects))
+        final_curve = score(preds, subjects, limit=args.curve_slices)
+        info["curve"].append({"train_seconds": info["train_seconds"], "steps": info["steps"],
+                              **{k: v for k, v in final_curve.items() if not k.endswith("_std")}})
+        if name == "phmdiff" and args.mean_seeds > 1:
+            samples = [preds] + [predict_all(step, subjects, seed=s) for s in range(1, args.mean_seeds)]
+            mean = [torch.stack(p).mean(0) for p in zip(*samples)]
+            info["posterior_mean"] = {"seeds": list(range(args.mean_seeds)), **score(mean, subjects)}
+            spread = [float(torch.stack(p).std(0).mean()) for p in zip(*samples)]
+            info["posterior_mean"]["mean_sample_std"] = float(np.mean(spread))
+        rows[name] = info
+        print(f"{name}: {info['steps']} steps, psnr_whole {info['psnr_whole']:.2f}, ssim_whole {info['ssim_whole']:.4f}",
+              flush=True)
+        del step
+
+    shipped = Path(args.shipped)
+    if shipped.is_file():
+        synth = bc.PHMDiffSynthesizer(**bc.bundle_network_config(bc.INFER_CONFIG))
+        synth.load_state_dict(torch.load(shipped, map_location="cpu", weights_only=True))
+        step = bc.PHMDiffStep(synth)
+        preds = predict_all(step, subjects, seed=0)
+        row = {"checkpoint": str(shipped), "network": bc.bundle_network_config(bc.INFER_CONFIG), **score(preds, subjects)}
+        if args.mean_seeds > 1:
+            samples = [preds] + [predict_all(step, subjects, seed=s) for s in range(1, args.mean_seeds)]
+            row["posterior_mean"] = {"seeds": list(range(args.mean_seeds)),
+                                     **score([torch.stack(p).mean(0) for p in zip(*samples)], subjects)}
+        rows["phmdiff_shipped"] = row
+    else:
+        rows["phmdiff_shipped"] = {"skipped": f"no checkpoint at {shipped}"}
+
+    result = {
+        "dataset_dir": str(dataset_dir),
+        "test_subjects": [s["name"] for s in subjects],
+        "eval_slices_per_subject": args.eval_slices or "all",
+        "slice_indices": {Path(s["name"]).parent.name: s["slices"] for s in subjects},
+        "curve_slices_per_subject": args.curve_slices,
+        "budget_seconds_per_row": args.budget,
+        "seed": args.seed,
+        "ddim_steps_ddpm_unet": args.ddim_steps,
+        "rows": rows,
+        "data_loading_seconds": data_seconds,
+        "baseline_seconds": baseline_seconds,
+        "quality_wall_seconds": time.perf_counter() - wall,
+        "peak_rss_mb": bc.peak_rss_mb(),
+        "load_average": bc.load_average(),
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
