@@ -11,7 +11,6 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from custom.networks.layers.diffusion import convert_prediction
-from custom.networks.layers.pyramid import crop_to_size, pad_to_multiple
 
 __all__ = ["PHMDiffTrainingInferer"]
 
@@ -69,9 +68,8 @@ class PHMDiffTrainingInferer(Inferer):
         ratios = ensure_tuple_rep(self.mask_ratio, num_levels)
         if inputs.shape[2:] != target.shape[2:] or inputs.shape[0] != target.shape[0]:
             raise ValueError(f"inputs and target must share batch and spatial size, got {inputs.shape}, {target.shape}.")
-        size = list(inputs.shape[2:])
-        sources = synth.pyramid(pad_to_multiple(inputs, synth.pad_multiple, synth.pad_mode))  # L x (B, Cin, *S_l)
-        targets = synth.pyramid(pad_to_multiple(target, synth.pad_multiple, synth.pad_mode))  # L x (B, Cout, *S_l)
+        sources = synth.pyramid(inputs)  # L x (B, Cin, *S_l)
+        targets = synth.pyramid(target)  # L x (B, Cout, *S_l)
         b = inputs.shape[0]
         alphas = synth.alphas_cumprod.to(device=target.device, dtype=target.dtype)
         view = [b] + [1] * (target.ndim - 1)
@@ -92,10 +90,9 @@ class PHMDiffTrainingInferer(Inferer):
                 torch.cat([x_t, sources[level], prior], dim=1), t, level, float(ratios[level])
             )
             regression_target = convert_prediction(noise, x_t, a_t, "epsilon", synth.prediction_type)
-            extent = [-(-s // 2**level) for s in size]  # the level's extent of the unpadded input
-            outputs[f"pred_{level}"] = crop_to_size(pred, extent)
-            outputs[f"target_{level}"] = crop_to_size(regression_target, extent)
-            outputs[f"mask_{level}"] = crop_to_size(mask, extent)
+            outputs[f"pred_{level}"] = pred
+            outputs[f"target_{level}"] = regression_target
+            outputs[f"mask_{level}"] = mask
             outputs[f"features_{level}"] = features
             outputs[f"timesteps_{level}"] = t
         return outputs

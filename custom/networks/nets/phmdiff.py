@@ -6,7 +6,6 @@ synthesiser (the bundle's network: coarse-to-fine DDIM sampling around the denoi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -84,6 +83,7 @@ class PHMDiffDenoiser(nn.Module):
         decoder_depth: int = 2,
         mlp_ratio: float = 4.0,
         frequency_embedding_size: int = 256,
+        pad_mode: str = "replicate",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -99,6 +99,9 @@ class PHMDiffDenoiser(nn.Module):
             raise ValueError(f"num_heads must divide hidden_size={hidden_size}, got {num_heads}.")
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}.")
+        if pad_mode not in ("replicate", "reflect", "constant"):
+            raise ValueError(f"pad_mode must be 'replicate', 'reflect' or 'constant', got {pad_mode!r}.")
+        self.pad_mode = pad_mode
         patches = ensure_tuple_rep(patch_size, num_levels)
         if any(int(p) < 1 for p in patches):
             raise ValueError(f"patch_size must hold positive integers, got {patch_size}.")
@@ -204,7 +207,7 @@ class PHMDiffDenoiser(nn.Module):
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
         size: List[int] = list(x.shape[2:])
         patch = self.patch_sizes[self.level_to_patch[level]]
-        x = pad_to_multiple(x, [patch] * self.spatial_dims)  # (B, Cin, *padded)
+        x = pad_to_multiple(x, [patch] * self.spatial_dims, self.pad_mode)  # (B, Cin, *padded)
         grid = [s // patch for s in list(x.shape[2:])]
         b = x.shape[0]
 
@@ -294,8 +297,8 @@ class PHMDiffSynthesizer(nn.Module):
     it is in, and ``torch.jit.script(synth)`` reproduces the eager result exactly. Sampling runs without gradients
     and works under ``torch.inference_mode()``.
 
-    Inputs are replicate-padded to a multiple of ``patch_size * 2 ** (num_levels - 1)`` (per level, the least common
-    multiple) and the output is cropped back, so any input size works.
+    Any input size works: level ℓ has size ``ceil(S / 2**ℓ)`` and the denoiser pads each level only to a multiple of
+    that level's patch size (``pad_mode``) and crops its output back, so no level pays for padding of the others.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -322,7 +325,7 @@ class PHMDiffSynthesizer(nn.Module):
         clip_sample: clamp the x₀ estimate to [-1, 1] (intensities are scaled to [-1, 1]); default True.
         prior_noise_std: std of Gaussian noise added to the up-sampled prior at inference (conditioning
             augmentation, Ho et al. 2021; training draws it from [0, ``prior_noise_std`` of the inferer]); default 0.
-        pad_mode: padding mode for sizes that are not a multiple of the pyramid's patch grid; default "replicate".
+        pad_mode: padding mode for level sizes that are not a multiple of their patch size; default "replicate".
 
     Example::
 
@@ -372,8 +375,6 @@ class PHMDiffSynthesizer(nn.Module):
             raise ValueError(f"eta must be >= 0, got {eta}.")
         if prior_noise_std < 0:
             raise ValueError(f"prior_noise_std must be >= 0, got {prior_noise_std}.")
-        if pad_mode not in ("replicate", "reflect", "constant"):
-            raise ValueError(f"pad_mode must be 'replicate', 'reflect' or 'constant', got {pad_mode!r}.")
         self.denoiser = PHMDIFF_PRESETS[preset](
             spatial_dims=spatial_dims,
             in_channels=in_channels,
@@ -385,6 +386,7 @@ class PHMDiffSynthesizer(nn.Module):
             num_heads=num_heads,
             decoder_depth=decoder_depth,
             mlp_ratio=mlp_ratio,
+            pad_mode=pad_mode,
         )
         self.spatial_dims = spatial_dims
         self.out_channels = out_channels
@@ -395,12 +397,6 @@ class PHMDiffSynthesizer(nn.Module):
         self.eta = eta
         self.clip_sample = clip_sample
         self.prior_noise_std = prior_noise_std
-        self.pad_mode = pad_mode
-        patches = ensure_tuple_rep(patch_size, num_levels)
-        multiple = 2 ** (num_levels - 1)
-        for level, p in enumerate(patches):
-            multiple = multiple * int(p) * 2**level // math.gcd(multiple, int(p) * 2**level)
-        self.pad_multiple: List[int] = [multiple] * spatial_dims
         self.pyramid = ImagePyramid(spatial_dims, num_levels)
         self.upsample = PyramidUpsample(spatial_dims)
 
@@ -460,8 +456,8 @@ class PHMDiffSynthesizer(nn.Module):
             the synthesised target (B, out_channels, *spatial).
         """
         with torch.no_grad():
-            size: List[int] = list(source.shape[2:])
-            sources = self.pyramid(pad_to_multiple(source, self.pad_multiple, self.pad_mode))  # L x (B, Cin, *S_l)
+            # each level is padded to its patch grid inside the denoiser: no padding of the whole pyramid
+            sources = self.pyramid(source)  # L x (B, Cin, *S_l), S_l = ceil(S / 2^l)
             coarsest = sources[self.num_levels - 1]
             b = source.shape[0]
             prior = torch.zeros([b, self.out_channels] + list(coarsest.shape[2:]), dtype=source.dtype, device=source.device)
@@ -475,4 +471,4 @@ class PHMDiffSynthesizer(nn.Module):
                             [1, self.out_channels] + list(src.shape[2:]), self.seed, -1 - level, src.device, src.dtype
                         )
                 estimate = self._sample_level(src, prior, level)  # (B, C, *S_l)
-            return crop_to_size(estimate, size)  # (B, C, *spatial)
+            return estimate  # (B, C, *spatial)
