@@ -48,13 +48,13 @@ def plot_training_curves(tensorboard_dir: str, output: str) -> str:
         output: PNG file to write.
     """
     scalars = _scalars(tensorboard_dir)
-    if "train_loss" not in scalars:
-        raise ValueError(f"no 'train_loss' scalars in the TensorBoard logs of '{tensorboard_dir}'.")
+    if "train_loss_iteration" not in scalars:
+        raise ValueError(f"no 'train_loss_iteration' scalars in the TensorBoard logs of '{tensorboard_dir}'.")
     metrics = [tag for tag in ("val_ssim", "val_psnr", "val_mae") if tag in scalars]
     plt = _pyplot()
     fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.2 * (1 + len(metrics)), 3.4))
     axes = np.atleast_1d(axes)
-    steps, loss = scalars["train_loss"]
+    steps, loss = scalars["train_loss_iteration"]
     window = max(1, len(loss) // 50)
     axes[0].plot(steps, loss, color="0.75", linewidth=0.6, label="per iteration")
     axes[0].plot(steps[window - 1 :], np.convolve(loss, np.ones(window) / window, "valid"), label=f"mean of {window}")
