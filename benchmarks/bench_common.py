@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,7 +30,6 @@ from custom.losses import PHMDiffLoss  # noqa: E402
 from custom.networks.layers.pyramid import crop_to_size, pad_to_multiple  # noqa: E402
 from custom.networks.nets import PHMDiffSynthesizer  # noqa: E402
 
-from training_step import _Setup  # noqa: E402  (the existing step benchmark; its step() is reused)
 
 TRAIN_CONFIG = ROOT / "bundle" / "configs" / "train.json"
 INFER_CONFIG = ROOT / "bundle" / "configs" / "inference.json"
@@ -102,7 +102,27 @@ def bundle_learning_rate() -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class PHMDiffStep(_Setup):
+class _OptimiserStep:
+    """``train_on`` one optimiser step on given tensors; ``step()`` times one on the fixed ``source``/``target``,
+    as ``training_step.py`` does. Subclasses set ``model``, ``opt``, ``source``, ``target`` and define ``loss``."""
+
+    def loss(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_on(self, source: torch.Tensor, target: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss(source, target)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        self.train_on(self.source, self.target)
+        return time.perf_counter() - start
+
+
+class PHMDiffStep(_OptimiserStep):
     """The bundle's training step (PHMDiffTrainingInferer + PHMDiffLoss + AdamW); ``step()`` of training_step.py."""
 
     def __init__(self, synth: PHMDiffSynthesizer, mask_ratio: float = 0.5, mmd_weight: float = 0.1,
@@ -118,13 +138,6 @@ class PHMDiffStep(_Setup):
     def loss(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(self.inferer(source, self.synth, target=target), target)
 
-    def train_on(self, source: torch.Tensor, target: torch.Tensor) -> float:
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.loss(source, target)
-        loss.backward()
-        self.opt.step()
-        return float(loss.detach())
-
     @torch.inference_mode()
     def predict(self, source: torch.Tensor, seed: int = 0) -> torch.Tensor:
         self.synth.eval()
@@ -134,7 +147,7 @@ class PHMDiffStep(_Setup):
         return out
 
 
-class DDPMUNetStep(_Setup):
+class DDPMUNetStep(_OptimiserStep):
     """Conditional DDPM with MONAI's DiffusionModelUNet: ε-MSE on concat[x_t, source], 1000 linear-β steps."""
 
     def __init__(self, batch: int = BATCH, size: list[int] = DEMO_SIZE, lr: float | None = None,
@@ -153,19 +166,6 @@ class DDPMUNetStep(_Setup):
         x_t = self.scheduler.add_noise(x0, noise, t)
         return F.mse_loss(self.model(torch.cat([x_t, src], 1), t), noise)
 
-    def step(self) -> float:  # the same timing as training_step._Setup.step
-        import time
-
-        start = time.perf_counter()
-        self.train_on(self.source, self.target)
-        return time.perf_counter() - start
-
-    def train_on(self, source: torch.Tensor, target: torch.Tensor) -> float:
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.loss(source, target)
-        loss.backward()
-        self.opt.step()
-        return float(loss.detach())
 
     @torch.inference_mode()
     def predict(self, source: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -183,20 +183,16 @@ class DDPMUNetStep(_Setup):
         return crop_to_size(x.clamp(-1, 1), list(source.shape[2:]))
 
 
-class UNetL1Step:
+class UNetL1Step(_OptimiserStep):
     """pix2pix's generator without the adversary: MONAI UNet, L1 loss, one pass at inference."""
 
     def __init__(self, lr: float | None = None) -> None:  # noqa: D107
         self.model = UNet(**UNET_L1_ARGS).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr or bundle_learning_rate(), weight_decay=0.0)
 
-    def train_on(self, source: torch.Tensor, target: torch.Tensor) -> float:
-        self.opt.zero_grad(set_to_none=True)
+    def loss(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pred = crop_to_size(self.model(pad_to_multiple(source, UNET_MULTIPLE)), list(source.shape[2:]))
-        loss = F.l1_loss(pred, target)
-        loss.backward()
-        self.opt.step()
-        return float(loss.detach())
+        return F.l1_loss(pred, target)
 
     @torch.inference_mode()
     def predict(self, source: torch.Tensor, seed: int = 0) -> torch.Tensor:
