@@ -63,7 +63,10 @@ def test_training_writes_checkpoints_and_tensorboard_and_resumes(trained):
     ckpts = sorted(p.name for p in (trained / "checkpoints").iterdir())
     assert ckpts == ["latest_checkpoint_epoch=2.pt", "model.pt"]  # the saver keeps the latest one only
     latest = torch.load(trained / "checkpoints" / "latest_checkpoint_epoch=2.pt", weights_only=True)
-    assert set(latest) == {"network", "ema", "optimizer", "lr_scheduler", "random_states", "trainer"}
+    saved = {"network", "ema", "optimizer", "lr_scheduler", "random_states", "trainer", "best_model_saver"}
+    assert set(latest) == saved
+    (best_score, _), = latest["best_model_saver"]["_saved"]  # a resumed run knows the best score so far
+    assert isinstance(best_score, float)
     # 2 training volumes, 2 per batch: one iteration per epoch; the resumed run went on from the first
     assert latest["trainer"]["iteration"] == 2 and latest["trainer"]["epoch_length"] == 1
     assert list((trained / "tensorboard").glob("events.out.tfevents.*"))

@@ -208,6 +208,15 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if checkpoint is not None:
                 checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
 
+    def state_dict(self) -> dict:
+        """The best score and file of the key-metric saver: kept in the training checkpoint, so that a resumed run
+        does not replace a better ``model.pt`` with its first validation."""
+        return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._key_metric_checkpoint is not None and state:
+            self._key_metric_checkpoint.load_state_dict(state)
+
 
 class EngineCheckpointSaver(AtomicCheckpointSaver):
     """MONAI's ``CheckpointSaver`` that also saves the engine it is attached to (epoch and iteration), as
