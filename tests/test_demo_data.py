@@ -234,6 +234,13 @@ def test_cli_prints_datalist(tmp_path, capsys):
     assert entry["image"].endswith("flair.nii.gz") and entry["label"].endswith("t1w.nii.gz")
 
 
+def test_cli_bad_argument_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "cli"
+    with pytest.raises(SystemExit, match=r"ValueError: source='t3w' is not a known contrast"):
+        fire.Fire(demo.main, command=["--output_dir", str(out), "--source", "t3w"])
+    assert not out.exists()
+
+
 def test_empty_folder_is_filled(tmp_path):
     (tmp_path / "empty").mkdir()
     datalist = generate_demo_dataset(tmp_path / "empty", num_training=1, num_validation=1, num_test=1, spacing=COARSE)

@@ -156,20 +156,13 @@ def generate_demo_dataset(
     return output_dir / DATALIST_NAME
 
 
-def main(
-    output_dir: str,
-    source: str = "t1w",
-    target: str = "t2w",
-    num_training: int = 24,
-    num_validation: int = 4,
-    num_test: int = 4,
-    seed: int = 0,
-    spacing: float = 2.0,
-) -> None:
-    """Command-line entry: generate the demo dataset and print where its datalist went (see
-    :func:`generate_demo_dataset` for the arguments)."""
-    datalist = generate_demo_dataset(output_dir, source, target, num_training, num_validation, num_test, seed, spacing)
-    print(f"datalist: {datalist}")
+def main(output_dir: str, **kwargs) -> None:
+    """Command-line entry: generate the demo dataset and print where its datalist went; the options are the
+    keyword arguments of :func:`generate_demo_dataset` (``--source flair --num_training 8 ...``)."""
+    try:
+        print(f"datalist: {generate_demo_dataset(output_dir, **kwargs)}")
+    except (ValueError, FileExistsError) as err:  # a bad argument: one line, not a traceback
+        raise SystemExit(f"{type(err).__name__}: {err}") from None
 
 
 if __name__ == "__main__":
