@@ -302,6 +302,7 @@ def test_cli_error_is_one_clear_last_line(tmp_path, output, checkpoint):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"ImageCheckError: '{path}' has 1 NaN or infinite voxels.", result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout[-3000:]
     assert_nothing_written(output)
 
 

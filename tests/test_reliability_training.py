@@ -215,6 +215,7 @@ def test_non_finite_loss_stops_with_files_named(demo, uninterrupted, tmp_path):
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("NonFiniteLossError: training loss is nan at epoch 2, iteration 3"), last
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout[-3000:]  # the engine logs one line too
     assert "t1w.nii.gz" in last and str(demo) in last
     assert checkpoint_files(tmp_path) == ["latest_checkpoint_epoch=1.pt", "model.pt"]
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "latest_checkpoint_epoch=1.pt")

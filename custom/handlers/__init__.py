@@ -15,4 +15,4 @@ from .checkpoint import (
     load_checkpoint,
 )
 from .stability import NonFiniteLossError, NonFiniteLossHandler
-from .errors import bundle_error, report_errors_briefly
+from .errors import BriefErrorStatsHandler, bundle_error, report_errors_briefly

@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-__all__ = ["bundle_error", "report_errors_briefly"]
+from ignite.engine import Engine
+from monai.handlers import StatsHandler
+
+__all__ = ["BriefErrorStatsHandler", "bundle_error", "report_errors_briefly"]
 
 _PACKAGE = __name__.split(".")[0]  # errors defined in this package describe the user's data, config or files
 
@@ -48,3 +51,19 @@ def report_errors_briefly() -> None:
     """
     sys.excepthook = _hook
 
+
+
+class BriefErrorStatsHandler(StatsHandler):
+    """
+    MONAI's :class:`~monai.handlers.StatsHandler`, except that an error of this package raised during an engine run
+    (bad input, checkpoint, non-finite loss) is logged as one line instead of a traceback, so that the user sees
+    what is wrong rather than library internals; the process then ends with that error's own line
+    (:func:`report_errors_briefly`). Other errors, and runs under ``python -X dev``, keep MONAI's traceback.
+    """
+
+    def exception_raised(self, _engine: Engine, e: Exception) -> None:
+        found = bundle_error(e)
+        if found is None or sys.flags.dev_mode:
+            super().exception_raised(_engine, e)  # logs the traceback and re-raises
+        self.logger.error(f"{type(_engine).__name__} stopped: {type(found).__name__}: {found}")
+        raise e
