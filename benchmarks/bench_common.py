@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -200,6 +201,17 @@ class UNetL1Step(_OptimiserStep):
         out = crop_to_size(self.model(pad_to_multiple(source, UNET_MULTIPLE)), list(source.shape[2:]))
         self.model.train()
         return out.clamp(-1, 1)
+
+
+def round_robin(setups: dict, warmup: int, repeats: int) -> dict[str, float]:
+    """Median step time per setup, steps interleaved so other load hits every case alike."""
+    times: dict[str, list[float]] = {k: [] for k in setups}
+    for i in range(warmup + repeats):
+        for name, setup in setups.items():
+            seconds = setup.step()
+            if i >= warmup:
+                times[name].append(seconds)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def num_params(model: torch.nn.Module) -> int:

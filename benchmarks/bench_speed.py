@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -100,17 +99,6 @@ def profile_step(fn, top: int = 12) -> dict:
     }
 
 
-def round_robin(setups: dict, warmup: int, repeats: int) -> dict[str, float]:
-    """Median step time per setup, steps interleaved so other load hits every case alike."""
-    times: dict[str, list[float]] = {k: [] for k in setups}
-    for i in range(warmup + repeats):
-        for name, setup in setups.items():
-            seconds = setup.step()
-            if i >= warmup:
-                times[name].append(seconds)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def part_train(quick: bool) -> dict:
     torch.manual_seed(0)
     peak = gemm_peak_gflops(repeats=3 if quick else 7)
@@ -122,7 +110,7 @@ def part_train(quick: bool) -> dict:
         "phmdiff_r0": bc.PHMDiffStep(nomask, mask_ratio=0.0),
         "ddpm_unet": bc.DDPMUNetStep(),
     }
-    step = round_robin(setups, warmup=1, repeats=3 if quick else 7)
+    step = bc.round_robin(setups, warmup=1, repeats=3 if quick else 7)
     peak_after = gemm_peak_gflops(repeats=3 if quick else 7)
     flops = {name: step_flops(s) for name, s in setups.items()}
     gflops_per_s = {name: flops[name] / step[name] / 1e9 for name in setups}
@@ -332,7 +320,7 @@ def part_whatif(quick: bool) -> dict:
         setups[f"{name} masked"] = bc.PHMDiffStep(base, mask_ratio=ratio)
         setups[f"{name} r=0"] = bc.PHMDiffStep(full, mask_ratio=0.0)
     unique = {k: v for k, v in setups.items() if not (k.endswith("r=0") and not k.startswith(("r0.5_dec2", "r0.5_dec1", "r0.5_dec0")))}
-    step = round_robin(unique, warmup=1, repeats=3 if quick else 7)
+    step = bc.round_robin(unique, warmup=1, repeats=3 if quick else 7)
     flops = {k: step_flops(s) for k, s in unique.items()}
     masking = {}
     for name, (ratio, dec) in variants.items():

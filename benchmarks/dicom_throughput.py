@@ -38,14 +38,7 @@ from monai.transforms import (  # noqa: E402
 )
 
 from custom.io import DicomBatchSynthesis, DicomSeriesReader  # noqa: E402
-from tests.test_dicom_fixtures import write_series  # noqa: E402
-
-
-class StandIn(torch.nn.Module):
-    """2·x + 1: no learned cost, so the figure is the pipeline's own."""
-
-    def forward(self, x):
-        return 2.0 * x + 1.0
+from tests.test_dicom_fixtures import AffineStandIn, write_series  # noqa: E402
 
 
 def mni_128(slices: int) -> np.ndarray:
@@ -58,7 +51,7 @@ def mni_128(slices: int) -> np.ndarray:
 
 def make_network(spec: str | None, kwargs: dict) -> torch.nn.Module:
     if not spec:
-        return StandIn()
+        return AffineStandIn()  # no learned cost: the figure is the pipeline's own
     module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)(**kwargs)
 

@@ -18,53 +18,29 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from custom.inferers import PHMDiffTrainingInferer  # noqa: E402
-from custom.losses import PHMDiffLoss  # noqa: E402
+from bench_common import PHMDiffStep, round_robin  # noqa: E402
+
 from custom.networks.nets import PHMDiffSynthesizer  # noqa: E402
-
-
-class _Setup:
-    """One network, inferer, loss and optimiser; ``step()`` runs and times one optimiser step."""
-
-    def __init__(self, num_levels: int, mask_ratio: float, preset: str, batch: int, size: list[int]) -> None:
-        torch.manual_seed(0)
-        self.synth = PHMDiffSynthesizer(spatial_dims=len(size), num_levels=num_levels, preset=preset).train()
-        self.inferer = PHMDiffTrainingInferer(mask_ratio=mask_ratio)
-        self.loss_fn = PHMDiffLoss()
-        self.opt = torch.optim.AdamW(self.synth.parameters(), lr=1e-4)
-        self.source = torch.rand(batch, 1, *size) * 2 - 1
-        self.target = torch.rand(batch, 1, *size) * 2 - 1
-
-    def step(self) -> float:
-        start = time.perf_counter()
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.inferer(self.source, self.synth, target=self.target), self.target)
-        loss.backward()
-        self.opt.step()
-        return time.perf_counter() - start
 
 
 def time_training_steps(
     cases: dict[str, tuple[int, float]], preset: str, batch: int, size: list[int], repeats: int, warmup: int
 ) -> dict[str, float]:
-    """Median step time per case; cases run round-robin so that load from other processes hits all alike."""
-    setups = {name: _Setup(levels, r, preset, batch, size) for name, (levels, r) in cases.items()}
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for i in range(warmup + repeats):
-        for name, setup in setups.items():
-            seconds = setup.step()
-            if i >= warmup:
-                times[name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
+    """Median step time per case (the network's class defaults: patch 4, AdamW at 1e-4), cases interleaved."""
+    setups = {}
+    for name, (levels, ratio) in cases.items():
+        torch.manual_seed(0)
+        synth = PHMDiffSynthesizer(spatial_dims=len(size), num_levels=levels, preset=preset)
+        setups[name] = PHMDiffStep(synth, mask_ratio=ratio, batch=batch, size=size, lr=1e-4)
+    return round_robin(setups, warmup=warmup, repeats=repeats)
 
 
 def time_sampling(preset: str, batch: int, size: list[int], steps: int | None) -> float:

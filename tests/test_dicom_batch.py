@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import torch
 from monai.inferers import SimpleInferer
 from monai.transforms import (
     Compose,
@@ -30,18 +29,12 @@ from tests.test_dicom_fixtures import (
     BIRTH_DATE,
     PATIENT_ID,
     PATIENT_NAME,
+    AffineStandIn,
     ct5n_files,
     mni_volume,
     rotation,
     write_series,
 )
-
-
-class AffineStandIn(torch.nn.Module):
-    """Stand-in synthesiser: 2·x + 1."""
-
-    def forward(self, x):
-        return 2.0 * x + 1.0
 
 
 def pipeline(with_reader: bool = True):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import torch
 from pydicom import Dataset, Sequence as DicomSequence
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -155,6 +156,13 @@ def write_series(
             files.append(str(path))
     return {"files": files, "series_uid": series_uid, "sop_uids": sop_uids, "values": values,
             "affine_lps": affine, "folder": folder}
+
+
+class AffineStandIn(torch.nn.Module):
+    """Stand-in synthesiser 2·x + 1: no learned cost, and a known output to check the pipeline against."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * x + 1.0
 
 
 def ct5n_files() -> list[str]:
