@@ -52,7 +52,6 @@ def report_errors_briefly() -> None:
     sys.excepthook = _hook
 
 
-
 class BriefErrorStatsHandler(StatsHandler):
     """
     MONAI's :class:`~monai.handlers.StatsHandler`, except that an error of this package raised during an engine run
