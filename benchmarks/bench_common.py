@@ -7,6 +7,7 @@ Not part of the test suite.
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import statistics
@@ -26,8 +27,7 @@ from monai.networks.nets import UNet  # noqa: E402
 from monai.networks.nets.diffusion_model_unet import DiffusionModelUNet  # noqa: E402
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler  # noqa: E402
 
-from custom.inferers import PHMDiffTrainingInferer  # noqa: E402
-from custom.losses import PHMDiffLoss  # noqa: E402
+from custom.networks.layers.diffusion import convert_prediction  # noqa: E402
 from custom.networks.layers.pyramid import crop_to_size, pad_to_multiple  # noqa: E402
 from custom.networks.nets import PHMDiffSynthesizer  # noqa: E402
 
@@ -94,8 +94,27 @@ def make_phmdiff(**overrides) -> PHMDiffSynthesizer:
     return PHMDiffSynthesizer(**args)
 
 
+@functools.lru_cache(maxsize=1)
+def finest_token_stride() -> int:
+    """Pixels per token side at the finest level of the bundle's network: the grid that blockiness is measured on."""
+    return make_phmdiff().denoiser.token_stride(0)
+
+
 def bundle_learning_rate() -> float:
     return float(bundle_parser()["learning_rate"])
+
+
+# The baselines' learning rate: that of their first benchmark (bundle 0.1.x), kept when the bundle's changed.
+BASELINE_LEARNING_RATE = 2e-4
+
+
+def bundle_component(config_id: str, **overrides):
+    """A component of train.json (e.g. ``loss``, ``train#inferer``) with some of its arguments overridden."""
+    parser = bundle_parser()
+    for key, value in overrides.items():
+        parser[f"{config_id}#{key}"] = value
+    parser.parse()
+    return parser.get_parsed_content(config_id)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,11 +145,12 @@ class _OptimiserStep:
 class PHMDiffStep(_OptimiserStep):
     """The bundle's training step (PHMDiffTrainingInferer + PHMDiffLoss + AdamW); ``step()`` of training_step.py."""
 
-    def __init__(self, synth: PHMDiffSynthesizer, mask_ratio: float = 0.5, mmd_weight: float = 0.1,
+    def __init__(self, synth: PHMDiffSynthesizer, mask_ratio: float | None = None, mmd_weight: float | None = None,
                  batch: int = BATCH, size: list[int] = DEMO_SIZE, lr: float | None = None) -> None:  # noqa: D107
         self.synth = synth.train()
-        self.inferer = PHMDiffTrainingInferer(mask_ratio=mask_ratio)
-        self.loss_fn = PHMDiffLoss(mmd_weight=mmd_weight)
+        # the bundle's inferer and loss; None keeps the bundle's mask ratio / MMD weight
+        self.inferer = bundle_component("train#inferer", **({} if mask_ratio is None else {"mask_ratio": mask_ratio}))
+        self.loss_fn = bundle_component("loss", **({} if mmd_weight is None else {"mmd_weight": mmd_weight}))
         self.opt = torch.optim.AdamW(self.synth.parameters(), lr=lr or bundle_learning_rate(), weight_decay=0.0)
         self.source = torch.rand(batch, 1, *size) * 2 - 1
         self.target = torch.rand(batch, 1, *size) * 2 - 1
@@ -140,12 +160,19 @@ class PHMDiffStep(_OptimiserStep):
         return self.loss_fn(self.inferer(source, self.synth, target=target), target)
 
     @torch.inference_mode()
-    def predict(self, source: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    def predict(self, source: torch.Tensor, seed: int = 0, one_step: bool = False) -> torch.Tensor:
+        """The synthesiser's DDIM sample with sampling seed ``seed``; ``one_step``: one step per level (the x₀
+        estimate at t = T − 1, "regression sampling")."""
         self.synth.eval()
         self.synth.seed = seed
-        out = self.synth(source)
-        self.synth.train()
-        return out
+        steps = self.synth.num_inference_steps
+        try:
+            if one_step:
+                self.synth.set_num_inference_steps(1)
+            return self.synth(source)
+        finally:
+            self.synth.set_num_inference_steps(steps)
+            self.synth.train()
 
 
 class DDPMUNetStep(_OptimiserStep):
@@ -156,7 +183,7 @@ class DDPMUNetStep(_OptimiserStep):
         self.model = DiffusionModelUNet(**DDPM_UNET_ARGS).train()
         self.scheduler = DDPMScheduler(num_train_timesteps=1000)
         self.ddim_steps = ddim_steps
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr or bundle_learning_rate(), weight_decay=0.0)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr or BASELINE_LEARNING_RATE, weight_decay=0.0)
         self.source = torch.rand(batch, 1, *size) * 2 - 1
         self.target = torch.rand(batch, 1, *size) * 2 - 1
 
@@ -169,17 +196,22 @@ class DDPMUNetStep(_OptimiserStep):
 
 
     @torch.inference_mode()
-    def predict(self, source: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        """DDIM sampling with ``ddim_steps`` steps (η = 0) from seeded noise."""
+    def predict(self, source: torch.Tensor, seed: int = 0, one_step: bool = False) -> torch.Tensor:
+        """DDIM sampling with ``ddim_steps`` steps (η = 0) from seeded noise; ``one_step``: the x₀ estimate of one
+        network call at t = T − 1."""
         self.model.eval()
         src = pad_to_multiple(source, DDPM_MULTIPLE)
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(src.shape, generator=gen)
         ddim = DDIMScheduler(num_train_timesteps=1000, clip_sample=True)
         ddim.set_timesteps(self.ddim_steps)
-        for t in ddim.timesteps:
+        last = torch.tensor(ddim.num_train_timesteps - 1)
+        for t in [last] if one_step else ddim.timesteps:
             eps = self.model(torch.cat([x, src], 1), t.expand(x.shape[0]).long())
-            x, _ = ddim.step(eps, int(t), x)
+            if one_step:
+                x = convert_prediction(eps, x, ddim.alphas_cumprod[last], "epsilon", "sample")
+            else:
+                x, _ = ddim.step(eps, int(t), x)
         self.model.train()
         return crop_to_size(x.clamp(-1, 1), list(source.shape[2:]))
 
@@ -189,7 +221,7 @@ class UNetL1Step(_OptimiserStep):
 
     def __init__(self, lr: float | None = None) -> None:  # noqa: D107
         self.model = UNet(**UNET_L1_ARGS).train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr or bundle_learning_rate(), weight_decay=0.0)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr or BASELINE_LEARNING_RATE, weight_decay=0.0)
 
     def loss(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pred = crop_to_size(self.model(pad_to_multiple(source, UNET_MULTIPLE)), list(source.shape[2:]))

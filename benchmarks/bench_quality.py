@@ -40,15 +40,22 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientati
 from monai.utils import set_determinism  # noqa: E402
 
 from custom.data import load_datalist  # noqa: E402
+from custom.metrics import blockiness, lesion_contrast, masked_psnr  # noqa: E402
 from custom.transforms.spatial import foreground_slice_fractions  # noqa: E402
 
+# The plain DiT of bundle 0.1.x (D=96, 6 + 2 blocks, 8x8 finest patches, linear unpatchify), fixed here so that the
+# baseline keeps its configuration whatever the bundle's defaults become.
+PLAIN_DIT = {"preset": "S", "hidden_size": 96, "depth": 6, "num_heads": 4, "decoder_depth": 2, "conv_channels": [],
+             "patch_size": [8, 4, 2]}
 PHMDIFF_ROWS = {
-    # name: (network overrides, mask ratio, MMD weight)
-    "phmdiff": ({}, 0.5, 0.1),
-    "phmdiff_no_mmd": ({}, 0.5, 0.0),
-    "phmdiff_no_masking": ({}, 0.0, 0.1),
-    "phmdiff_one_level": ({"num_levels": 1, "patch_size": [8]}, 0.5, 0.1),
-    "dit_single_level": ({"num_levels": 1, "patch_size": [8]}, 0.0, 0.0),
+    # name: (network overrides of train.json's network_def, mask ratio, MMD weight); None: the bundle's value
+    "phmdiff": ({}, None, None),
+    "phmdiff_no_mmd": ({}, None, 0.0),
+    "phmdiff_no_masking": ({}, 0.0, None),
+    "phmdiff_one_level": ({"num_levels": 1}, None, None),
+    "phmdiff_no_hourglass": (PLAIN_DIT, None, None),
+    "phmdiff_no_transformer": ({"depth": 0, "decoder_depth": 0}, None, None),
+    "dit_single_level": ({**PLAIN_DIT, "num_levels": 1, "patch_size": [8]}, 0.0, 0.0),
 }
 LEARNED_ROWS = list(PHMDIFF_ROWS) + ["unet_l1", "ddpm_unet"]
 
@@ -76,14 +83,20 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch
     return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
 
 
-def metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """PSNR/SSIM/MAE of one subject's evaluated slices (N, 1, H, W), whole and inside ``mask``."""
+def metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+            lesion: torch.Tensor | None = None) -> dict[str, float]:
+    """PSNR/SSIM/MAE of one subject's evaluated slices (N, 1, H, W), whole and inside ``mask``; blockiness on the
+    bundle's finest token grid inside ``mask``; with a ``lesion`` mask, PSNR in lesions and each lesion's contrast
+    ratio (``lesion_ratios``, a list, pooled over subjects by :func:`summarise`)."""
+    out: dict = {"blockiness": blockiness(pred.float().clamp(-1, 1), target.float(), bc.finest_token_stride(), mask)}
+    if lesion is not None and bool((lesion > 0).any()):
+        out["psnr_lesion"] = masked_psnr(pred.clamp(-1, 1), target, lesion)
+        out["lesion_ratios"] = lesion_contrast(pred.clamp(-1, 1), target, lesion, tissue=mask)
     pred, target = pred.double().clamp(-1, 1), target.double()
     inside = mask > 0
     err = pred - target
     smap = ssim_map(pred, target)
     inner = inside[:, :, 5:-5, 5:-5]  # SSIM-map pixels whose window centre is in the brain
-    out = {}
     for name, sel, ssim_sel in (("whole", torch.ones_like(inside), torch.ones_like(inner)), ("brain", inside, inner)):
         mse = float((err[sel] ** 2).mean())
         out[f"psnr_{name}"] = 10 * math.log10(4.0 / max(mse, 1e-12))
@@ -92,11 +105,17 @@ def metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dic
     return out
 
 
-def summarise(per_subject: list[dict[str, float]]) -> dict[str, float]:
-    keys = per_subject[0].keys()
-    out = {}
-    for k in keys:
-        values = np.array([s[k] for s in per_subject])
+def summarise(per_subject: list[dict]) -> dict[str, float]:
+    """Mean and std over subjects of each figure; lesion contrast ratios are pooled over all test lesions."""
+    out: dict = {}
+    for k in dict.fromkeys(k for s in per_subject for k in s):
+        if k == "lesion_ratios":
+            ratios = np.array([r for s in per_subject for r in s.get(k, [])])
+            out["lesion_contrast"] = float(ratios.mean()) if len(ratios) else None
+            out["lesion_contrast_std"] = float(ratios.std(ddof=1)) if len(ratios) > 1 else 0.0
+            out["lesions_scored"] = int(len(ratios))
+            continue
+        values = np.array([s[k] for s in per_subject if k in s])
         out[k] = float(values.mean())
         out[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return out
@@ -119,12 +138,15 @@ def demo_dataset_dir() -> Path:
 def load_test_set(parser, dataset_dir: Path, eval_slices: int) -> list[dict]:
     """Test subjects as normalised axial slice stacks (N, 1, H, W) plus brain masks, with the slice indices."""
     load = Compose(parser.get_parsed_content("load_transforms"))
-    load_mask = Compose([LoadImaged("mask"), EnsureChannelFirstd("mask"), Orientationd("mask", axcodes="RAS")])
+    mask_keys = ["mask", "lesion"]
+    load_mask = Compose([LoadImaged(mask_keys, allow_missing_keys=True), EnsureChannelFirstd(mask_keys, allow_missing_keys=True),
+                         Orientationd(mask_keys, axcodes="RAS", allow_missing_keys=True)])
     axis = int(parser["slice_axis"])
     subjects = []
     for entry in load_datalist(dataset_dir / "datalist.json", "test", required_keys=("image", "label", "mask")):
         d = load({"image": entry["image"], "label": entry["label"]})
-        m = load_mask({"mask": entry["mask"]})["mask"]
+        masks = load_mask({k: entry[k] for k in mask_keys if k in entry})
+        m = masks["mask"]
         fractions = foreground_slice_fractions(d["image"], axis, -0.8)
         candidates = np.flatnonzero(fractions >= 0.05)
         if eval_slices > 0:  # evenly spaced over the foreground slices, edges skipped (as ForegroundSlicesd)
@@ -138,21 +160,39 @@ def load_test_set(parser, dataset_dir: Path, eval_slices: int) -> list[dict]:
             return v.movedim(axis + 1, 0)[torch.as_tensor(index)]  # (N, 1, H, W)
 
         subjects.append({"name": entry["image"], "source": stack(d["image"]), "target": stack(d["label"]),
-                         "mask": stack(m), "slices": index.tolist()})
+                         "mask": stack(m), "slices": index.tolist(),
+                         **({"lesion": stack(masks["lesion"])} if "lesion" in masks else {})})
     return subjects
 
 
-def predict_all(model, subjects: list[dict], seed: int = 0, chunk: int = 16, limit: int | None = None) -> list[torch.Tensor]:
+def predict_all(model, subjects: list[dict], seed: int = 0, chunk: int = 16, limit: int | None = None,
+                **options) -> list[torch.Tensor]:
     out = []
     for s in subjects:
         src = s["source"][:limit] if limit else s["source"]
-        out.append(torch.cat([model.predict(src[i : i + chunk], seed=seed) for i in range(0, len(src), chunk)]))
+        out.append(torch.cat([model.predict(src[i : i + chunk], seed=seed, **options) for i in range(0, len(src), chunk)]))
+    return out
+
+
+def sampling_modes(step, subjects: list[dict], preds: list[torch.Tensor], mean_seeds: int) -> dict:
+    """The perception/distortion trade-off of a diffusion row: one-step x₀ and the mean of ``mean_seeds`` samples
+    (``preds`` is the seed-0 sample); the DDPM baseline gets one-step only (its sampling costs minutes)."""
+    out = {"one_step_x0": score(predict_all(step, subjects, one_step=True), subjects)}
+    if mean_seeds > 1 and isinstance(step, bc.PHMDiffStep):
+        samples = [preds] + [predict_all(step, subjects, seed=s) for s in range(1, mean_seeds)]
+        out["posterior_mean"] = {"seeds": list(range(mean_seeds)),
+                                 **score([torch.stack(p).mean(0) for p in zip(*samples)], subjects)}
+        spread = [float(torch.stack(p).std(0).mean()) for p in zip(*samples)]
+        out["posterior_mean"]["mean_sample_std"] = float(np.mean(spread))
     return out
 
 
 def score(preds: list[torch.Tensor], subjects: list[dict], limit: int | None = None) -> dict:
-    per = [metrics(p[:limit] if limit else p, s["target"][: len(p[:limit] if limit else p)], s["mask"][: len(p[:limit] if limit else p)])
-           for p, s in zip(preds, subjects)]
+    per = []
+    for p, s in zip(preds, subjects):
+        n = len(p[:limit] if limit else p)
+        lesion = s["lesion"][:n] if "lesion" in s else None
+        per.append(metrics(p[:n], s["target"][:n], s["mask"][:n], lesion))
     return summarise(per)
 
 
@@ -210,8 +250,10 @@ def oracle_remap(subjects: list[dict], bins: int = 256) -> dict:
             counts = torch.bincount(index[sel], minlength=bins).double()
             sums = torch.bincount(index[sel], weights=tgt[sel], minlength=bins)
             mapping = sums / counts.clamp(min=1)
-            m = metrics(mapping[index].float(), s["target"], s["mask"])
-            result.update({k: v for k, v in m.items() if k.endswith(name)})
+            m = metrics(mapping[index].float(), s["target"], s["mask"], s.get("lesion"))
+            result.update({k: v for k, v in m.items() if k.endswith(name) or (name == "brain" and "_" not in k)})
+            if name == "brain":
+                result.update({k: v for k, v in m.items() if "lesion" in k})
         per.append(result)
     return summarise(per)
 
@@ -224,13 +266,14 @@ def oracle_remap(subjects: list[dict], bins: int = 256) -> dict:
 def build_row(name: str, ddim_steps: int):
     if name in PHMDIFF_ROWS:
         overrides, ratio, mmd = PHMDIFF_ROWS[name]
-        return bc.PHMDiffStep(bc.make_phmdiff(**overrides), mask_ratio=ratio, mmd_weight=mmd), {
-            "network": {**bc.bundle_network_config(), **overrides}, "mask_ratio": ratio, "mmd_weight": mmd}
+        step = bc.PHMDiffStep(bc.make_phmdiff(**overrides), mask_ratio=ratio, mmd_weight=mmd)
+        return step, {"network": {**bc.bundle_network_config(), **overrides}, "mask_ratio": step.inferer.mask_ratio,
+                      "mmd_weight": step.loss_fn.mmd_weight, "learning_rate": bc.bundle_learning_rate()}
     if name == "unet_l1":
-        return bc.UNetL1Step(), {"network": "monai.networks.nets.UNet", **{k: list(v) if isinstance(v, tuple) else v for k, v in bc.UNET_L1_ARGS.items()}, "loss": "L1"}
+        return bc.UNetL1Step(), {"learning_rate": bc.BASELINE_LEARNING_RATE, "network": "monai.networks.nets.UNet", **{k: list(v) if isinstance(v, tuple) else v for k, v in bc.UNET_L1_ARGS.items()}, "loss": "L1"}
     if name == "ddpm_unet":
         return bc.DDPMUNetStep(ddim_steps=ddim_steps), {
-            "network": "monai DiffusionModelUNet", **{k: list(v) if isinstance(v, tuple) else v for k, v in bc.DDPM_UNET_ARGS.items()},
+            "network": "monai DiffusionModelUNet", "learning_rate": bc.BASELINE_LEARNING_RATE, **{k: list(v) if isinstance(v, tuple) else v for k, v in bc.DDPM_UNET_ARGS.items()},
             "train": "DDPM, 1000 linear-beta steps, epsilon-MSE", "sampler": f"DDIM {ddim_steps} steps, eta 0"}
     raise ValueError(name)
 
@@ -317,12 +360,8 @@ def main() -> None:
         final_curve = score(preds, subjects, limit=args.curve_slices)
         info["curve"].append({"train_seconds": info["train_seconds"], "steps": info["steps"],
                               **{k: v for k, v in final_curve.items() if not k.endswith("_std")}})
-        if name == "phmdiff" and args.mean_seeds > 1:
-            samples = [preds] + [predict_all(step, subjects, seed=s) for s in range(1, args.mean_seeds)]
-            mean = [torch.stack(p).mean(0) for p in zip(*samples)]
-            info["posterior_mean"] = {"seeds": list(range(args.mean_seeds)), **score(mean, subjects)}
-            spread = [float(torch.stack(p).std(0).mean()) for p in zip(*samples)]
-            info["posterior_mean"]["mean_sample_std"] = float(np.mean(spread))
+        if name in PHMDIFF_ROWS or name == "ddpm_unet":
+            info.update(sampling_modes(step, subjects, preds, args.mean_seeds))
         rows[name] = info
         print(f"{name}: {info['steps']} steps, psnr_whole {info['psnr_whole']:.2f}, ssim_whole {info['ssim_whole']:.4f}",
               flush=True)
@@ -335,10 +374,7 @@ def main() -> None:
         step = bc.PHMDiffStep(synth)
         preds = predict_all(step, subjects, seed=0)
         row = {"checkpoint": str(shipped), "network": bc.bundle_network_config(bc.INFER_CONFIG), **score(preds, subjects)}
-        if args.mean_seeds > 1:
-            samples = [preds] + [predict_all(step, subjects, seed=s) for s in range(1, args.mean_seeds)]
-            row["posterior_mean"] = {"seeds": list(range(args.mean_seeds)),
-                                     **score([torch.stack(p).mean(0) for p in zip(*samples)], subjects)}
+        row.update(sampling_modes(step, subjects, preds, args.mean_seeds))
         rows["phmdiff_shipped"] = row
     else:
         rows["phmdiff_shipped"] = {"skipped": f"no checkpoint at {shipped}"}

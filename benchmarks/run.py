@@ -36,8 +36,8 @@ from bench_plot import line_plot  # noqa: E402  (Pillow only)
 PARTS = ["policy_probe", "train", "whatif", "rss_train", "sample", "volume_bundle", "volume_native", "quality"]
 PAPER = {"dataset": "BraTS 2021 T1->T2 (real patients; these results use simulated demo data: not comparable)",
          "psnr": 28.32, "psnr_std": 1.16, "ssim": 0.9242, "ssim_std": 0.0153}
-LEARNED = ["phmdiff", "phmdiff_no_mmd", "phmdiff_no_masking", "phmdiff_one_level", "dit_single_level", "unet_l1",
-           "ddpm_unet"]
+LEARNED = ["phmdiff", "phmdiff_no_mmd", "phmdiff_no_masking", "phmdiff_one_level", "phmdiff_no_hourglass",
+           "phmdiff_no_transformer", "dit_single_level", "unet_l1", "ddpm_unet"]
 
 
 def settings(quick: bool) -> dict:
@@ -45,8 +45,8 @@ def settings(quick: bool) -> dict:
         return {"budget": 20.0, "eval_slices": 4, "curve_slices": 2, "curve_points": 1, "ddim_steps": 5,
                 "mean_seeds": 3}
     # 16 slices per subject, not whole volumes: the DDPM baseline needs ~0.4 s per slice and DDIM step on 2 cores
-    return {"budget": 300.0, "eval_slices": 16, "curve_slices": 2, "curve_points": 3, "ddim_steps": 10,
-            "mean_seeds": 4}
+    return {"budget": 300.0, "eval_slices": 16, "curve_slices": 2, "curve_points": 2, "ddim_steps": 10,
+            "mean_seeds": 3}
 
 
 def concurrent_jobs() -> list[str]:
@@ -125,7 +125,7 @@ def goals(r: dict, quality: dict) -> dict:
     g = {}
 
     def add(key, value, op, target, note=""):
-        met = None if value is None else (value >= target if op == ">=" else value < target)
+        met = None if value is None else {">=": value >= target, "<=": value <= target, "<": value < target}[op]
         g[key] = {"value": value, "goal": f"{op} {target}", "met": met, **({"note": note} if note else {})}
 
     add("train_speedup_mask_vs_nomask", r.get("train_speedup_mask_vs_nomask"), ">=", 2.0)
@@ -150,6 +150,10 @@ def goals(r: dict, quality: dict) -> dict:
         for region in ("whole", "brain"):
             o = rows.get("oracle_remap", {}).get(f"psnr_{region}")
             add(f"phmdiff_psnr_{region}_minus_oracle_remap_db", None if o is None else ph[f"psnr_{region}"] - o, ">=", 2.0)
+        add("phmdiff_blockiness", ph.get("blockiness"), "<=", 1.10, "finest token grid, inside the brain")
+        contrast = ph.get("lesion_contrast")
+        add("phmdiff_lesion_contrast_at_least", contrast, ">=", 0.75, "synthesis / target lesion-to-ring contrast")
+        add("phmdiff_lesion_contrast_at_most", contrast, "<=", 1.25)
     return g
 
 
@@ -189,22 +193,28 @@ def markdown(result: dict) -> str:
                   f"{q.get('eval_slices_per_subject')} axial slices each; mean ± std over subjects; learned rows "
                   f"trained {q.get('budget_seconds_per_row')} s each, seed {q.get('seed')}; DDPM sampled with DDIM "
                   f"{q.get('ddim_steps_ddpm_unet')} steps)", "",
-                  "| row | PSNR whole | SSIM whole | MAE whole | PSNR brain | SSIM brain | MAE brain | steps | train s |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| row | PSNR whole | SSIM whole | PSNR brain | SSIM brain | MAE brain | PSNR lesion | lesion contrast "
+                  "| blockiness | steps | train s |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
         def row_line(name, v):
             if "psnr_whole" not in v:
-                return f"| {name} | {v.get('skipped', v.get('error', '-'))} |  |  |  |  |  |  |  |"
-            cells = [f"{v[k]:.2f} ± {v[k + '_std']:.2f}" if k.startswith("psnr") else f"{v[k]:.4f} ± {v[k + '_std']:.4f}"
-                     for k in ("psnr_whole", "ssim_whole", "mae_whole", "psnr_brain", "ssim_brain", "mae_brain")]
-            return f"| {name} | " + " | ".join(cells) + f" | {v.get('steps', '')} | {fmt(v.get('train_seconds'))} |"
+                return f"| {name} | {v.get('skipped', v.get('error', '-'))} |" + " |" * 9
+            cells = ["-" if k not in v else f"{v[k]:.2f} ± {v[k + '_std']:.2f}" if k.startswith("psnr")
+                     else f"{v[k]:.3f} ± {v[k + '_std']:.3f}"
+                     for k in ("psnr_whole", "ssim_whole", "psnr_brain", "ssim_brain", "mae_brain", "psnr_lesion")]
+            contrast = "-" if v.get("lesion_contrast") is None else f"{v['lesion_contrast']:.2f} ({v['lesions_scored']})"
+            return (f"| {name} | " + " | ".join(cells) + f" | {contrast} | {v['blockiness']:.3f} | {v.get('steps', '')} "
+                    f"| {fmt(v.get('train_seconds'))} |")
 
         for name, v in rows.items():
             lines.append(row_line(name, v))
+            if "one_step_x0" in v:
+                lines.append(row_line(f"{name}, one-step x₀", v["one_step_x0"]))
             if "posterior_mean" in v:
-                lines.append(row_line(f"{name} (mean of {len(v['posterior_mean']['seeds'])} samples)", v["posterior_mean"]))
+                lines.append(row_line(f"{name}, mean of {len(v['posterior_mean']['seeds'])} samples", v["posterior_mean"]))
         lines.append(f"| paper, BraTS T1→T2 (other data) | {PAPER['psnr']} ± {PAPER['psnr_std']} | "
-                     f"{PAPER['ssim']} ± {PAPER['ssim_std']} |  |  |  |  |  |  |")
+                     f"{PAPER['ssim']} ± {PAPER['ssim_std']} |" + " |" * 8)
         lines += ["", "| quality goal | value | goal | met |", "| --- | ---: | --- | --- |"]
         for key, v in g.items():
             if key.startswith("phmdiff_"):

@@ -31,7 +31,7 @@ from monai.utils import optional_import
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
-SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+SCHEMA = REPO / "tests" / "data" / "meta_schema_20240725.json"  # a copy of the schema named in metadata.json
 MAX_FILE_BYTES = 25 * 1024 * 1024  # Model Zoo: every file in a bundle under 25 MB, larger ones via large_files.yml
 TS_ATOL = 1e-5  # TorchScript vs eager synthesis, same seed (float32 on CPU; observed bit-identical)
 SPACING = 2.0  # the inference config's spacing, so Spacingd does not resample the test volumes

@@ -71,7 +71,7 @@ def test_training_writes_checkpoints_and_tensorboard_and_resumes(trained):
     assert latest["trainer"]["iteration"] == 2 and latest["trainer"]["epoch_length"] == 1
     assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
     best = torch.load(trained / "checkpoints" / "model.pt", weights_only=True)
-    PHMDiffSynthesizer(spatial_dims=2, preset="T", patch_size=[8, 4, 2]).load_state_dict(best)  # plain state_dict
+    PHMDiffSynthesizer(spatial_dims=2, preset="T").load_state_dict(best)  # plain state_dict
 
 
 def test_evaluation_and_inference_agree(trained, dataset, tmp_path):
@@ -109,7 +109,7 @@ def test_two_process_gloo_training(dataset, tmp_path):
                      "--output_dir", str(out), "--train#trainer#max_epochs", "1"))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest_checkpoint_epoch=1.pt", "model.pt"]
     state = torch.load(out / "checkpoints" / "latest_checkpoint_epoch=1.pt", weights_only=True)["network"]
-    network = PHMDiffSynthesizer(spatial_dims=2, preset="T", patch_size=[8, 4, 2])
+    network = PHMDiffSynthesizer(spatial_dims=2, preset="T")
     initial = {k: v.clone() for k, v in network.state_dict().items()}
     network.load_state_dict(state)
     assert any(not torch.equal(initial[k], v) for k, v in network.state_dict().items())  # it trained

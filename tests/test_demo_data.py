@@ -135,6 +135,12 @@ def test_lesions_appear():
             break
     assert subject.num_lesions > 0
     assert subject.target.max() > 1.5 * plain.max()  # oedema and necrosis are bright in FLAIR
+    # the saved lesion mask lies where the FLAIR is brighter than the lesion-free subject, inside the brain
+    lesion = subject.lesion > 0
+    assert subject.lesion.dtype == np.uint8 and lesion.any()
+    assert (lesion & (subject.mask == 0)).sum() <= 0.05 * lesion.sum()
+    assert subject.target[lesion].mean() > 1.3 * plain[lesion].mean()
+    assert not simulate_subject(template, (0, 0, 0), "t1w", "flair", MEAN_SUBJECT).lesion.any()  # no lesions, no mask
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -176,10 +182,10 @@ def test_seed_reproducible_and_independent_of_split_sizes(tmp_path):
     other = generate_demo_dataset(tmp_path / "c", num_training=1, num_test=1, seed=1, **kwargs)
     lists = [json.loads(p.read_text()) for p in (first, again, other)]
     for split in ("training", "validation", "test"):
-        for key in ("image", "label", "mask"):
+        for key in ("image", "label", "mask", "lesion"):
             a, b, c = (np.asarray(_load(p, lst[split][0], key).dataobj) for p, lst in zip((first, again, other), lists))
             np.testing.assert_array_equal(a, b)  # bit for bit
-            if key != "mask":
+            if key in ("image", "label"):
                 assert not np.array_equal(a, c)
     second = np.asarray(_load(again, lists[1]["training"][1], "image").dataobj)
     assert not np.array_equal(second, np.asarray(_load(first, lists[0]["training"][0], "image").dataobj))
@@ -206,7 +212,7 @@ def test_datalist_structure(dataset, template):
     for split, entries in content.items():
         assert len(entries) == 1
         for entry in entries:
-            assert set(entry) == {"image", "label", "mask"}
+            assert set(entry) == {"image", "label", "mask", "lesion"}
             assert entry["image"].endswith("t1w.nii.gz") and entry["label"].endswith("t2w.nii.gz")
             images = {}
             for key, path in entry.items():
@@ -218,6 +224,7 @@ def test_datalist_structure(dataset, template):
             assert images["image"].get_data_dtype() == np.float32 and images["label"].get_data_dtype() == np.float32
             mask = np.asarray(images["mask"].dataobj)
             assert set(np.unique(mask)) == {0, 1} and 0.1 < mask.mean() < 0.3
+            assert images["lesion"].get_data_dtype() == np.uint8
     record = json.loads((root / demo.RECORD_NAME).read_text())
     assert (record["source"], record["target"], record["seed"], record["spacing_mm"]) == ("t1w", "t2w", 0, SPACING)
     assert (record["num_training"], record["num_validation"], record["num_test"]) == (1, 1, 1)

@@ -16,6 +16,7 @@ MMD_SHIFT_CASES = [[None], [(0.5, 1.0, 2.0)]]
 ILL_CASES = [
     [MaskedDenoisingLoss, {"masked_weight": -1.0}, "masked_weight"],
     [MaskedDenoisingLoss, {"reduction": "avg"}, "reduction"],
+    [MaskedDenoisingLoss, {"distance": "huber"}, "distance"],
     [GaussianMMDLoss, {"bandwidths": [0.0]}, "bandwidths"],
     [GaussianMMDLoss, {"bandwidth_multipliers": []}, "bandwidth_multipliers"],
     [PHMDiffLoss, {"mmd_weight": -0.1}, "mmd_weight"],
@@ -38,6 +39,13 @@ def _mmd2_by_hand(x: np.ndarray, y: np.ndarray, sigmas: list[float]) -> float:
 
 
 class TestMaskedDenoisingLoss(unittest.TestCase):
+    def test_l1_distance_by_hand(self):
+        pred = torch.tensor([[[[1.0, -2.0], [0.5, 0.0]]]])
+        target = torch.zeros_like(pred)
+        keep = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+        loss = MaskedDenoisingLoss(masked_weight=0.5, distance="l1")(pred, target, keep)
+        self.assertAlmostEqual(float(loss), (1.0 + 2.0) / 2 + 0.5 * (0.5 + 0.0) / 2)
+
     def test_all_visible_is_mse(self):
         pred, target = torch.randn(3, 2, 8, 8), torch.randn(3, 2, 8, 8)
         loss = MaskedDenoisingLoss()(pred, target, torch.ones(3, 1, 8, 8))

@@ -62,16 +62,23 @@ KEEP_CASES = [[0.0], [0.25], [0.5], [0.75], [0.9]]
 
 
 def _tiny_denoiser(spatial_dims: int, **kwargs) -> PHMDiffDenoiser:
-    return PHMDIFF_PRESETS["T"](spatial_dims=spatial_dims, patch_size=4 if spatial_dims == 2 else 2, **kwargs)
+    """The T preset: hourglass (8, 16) and patch 2, so one token covers 4 pixels per side."""
+    return PHMDIFF_PRESETS["T"](spatial_dims=spatial_dims, patch_size=2, **kwargs)
+
+
+def randomise_zero_layers(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give the zero-initialised layers (adaLN, output layers, the hourglass's last convolutions) random weights so
+    the network does something."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if any(key in name for key in ("adaLN", "final_layers", "head", "conv2")):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return module
 
 
 def _randomise_output_layers(synth: PHMDiffSynthesizer, seed: int = 0) -> PHMDiffSynthesizer:
-    """Give the zero-initialised adaLN and output layers random weights so the network does something."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in synth.denoiser.named_parameters():
-            if "adaLN" in name or "final_layers" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    randomise_zero_layers(synth.denoiser, seed)
     return synth
 
 
@@ -168,6 +175,52 @@ class TestDenoiser(unittest.TestCase):
         self.assertEqual(seen, [round((1 - ratio) * n)])
         self.assertTrue(torch.all(mask.sum((1, 2, 3)) == seen[0] * 16))  # 16 pixels per kept 4x4 token
 
+    def test_token_stride_is_hourglass_times_patch(self):
+        self.assertEqual(_tiny_denoiser(2).token_stride(0), 4)
+        net = PHMDiffDenoiser(conv_channels=(8, 16, 32), patch_size=(2, 1, 1), hidden_size=48, num_heads=2, depth=1)
+        self.assertEqual([net.token_stride(level) for level in range(3)], [8, 4, 4])
+        plain = PHMDiffDenoiser(conv_channels=(), patch_size=8, hidden_size=48, num_heads=2, depth=1)
+        self.assertEqual(plain.token_stride(0), 8)
+        _, mask, _ = plain(torch.randn(1, 3, 32, 32), torch.tensor([5]), 0, 0.5)
+        self.assertEqual(int(mask.sum()), 8 * 64)  # 8 of the 16 tokens kept, 64 pixels each
+        blocks = mask[0, 0].reshape(4, 8, 4, 8)
+        self.assertTrue(torch.equal(blocks.amax((1, 3)), blocks.amin((1, 3))))  # constant on every 8x8 patch
+
+    def test_presets_keep_the_hourglass_the_lesser_part(self):
+        """The design promise: convolutions have fewer parameters than the transformer in every preset."""
+        for name, preset in PHMDIFF_PRESETS.items():
+            net = preset(spatial_dims=2)
+            conv = sum(p.numel() for m in (net.stem, net.encoder, net.decoder, net.head) for p in m.parameters())
+            transformer = sum(p.numel() for m in (net.blocks, net.decoder_blocks, net.final_layers, net.patch_embeds)
+                              for p in m.parameters())
+            self.assertGreater(conv, 0, name)
+            self.assertLess(conv, transformer, name)
+
+    def test_detail_below_the_token_size(self):
+        """The pixel path: a one-pixel change of the source changes the output at that pixel more than at the other
+        pixels of its token (a linear unpatchify of tokens would spread it over the whole patch)."""
+        torch.manual_seed(0)
+        net = randomise_zero_layers(_tiny_denoiser(2))
+        x = torch.randn(1, 3, 32, 32)
+        bumped = x.clone()
+        bumped[0, 1, 9, 9] += 5.0  # source channel, inside the token covering 8..11
+        with torch.no_grad():
+            change = (net(bumped, torch.tensor([500]))[0] - net(x, torch.tensor([500]))[0]).abs()[0, 0]
+        token = change[8:12, 8:12]
+        self.assertGreater(float(change[9, 9]), 2 * float(token.mean()))
+
+    def test_transformer_can_be_removed(self):
+        net = PHMDiffDenoiser(conv_channels=(8, 16), hidden_size=48, num_heads=2, depth=0, decoder_depth=0)
+        pred, _, features = net(torch.randn(2, 3, 20, 24), torch.tensor([1, 999]), 0, 0.0)
+        self.assertEqual(tuple(pred.shape), (2, 1, 20, 24))
+        self.assertEqual(len(net.blocks) + len(net.decoder_blocks), 0)
+
+    def test_ill_hourglass(self):
+        with self.assertRaisesRegex(ValueError, "conv_channels"):
+            PHMDiffDenoiser(conv_channels=(12, 16))  # 12 is no multiple of 8 groups
+        with self.assertRaisesRegex(ValueError, "depth"):
+            PHMDiffDenoiser(depth=-1)
+
     def test_position_embedding_cache(self):
         net = _tiny_denoiser(2)
         a = net.position_embedding([5, 6], torch.device("cpu"), torch.float32)
@@ -202,6 +255,14 @@ class TestSynthesizer(unittest.TestCase):
         other = PHMDiffSynthesizer(preset="T", num_inference_steps=5)  # a different step count loads the same file
         other.load_state_dict(net.state_dict())
         self.assertEqual(other.timesteps.shape[0], 5)
+
+    def test_sampling_starts_from_pure_noise(self):
+        for steps in (1, 3, 10):
+            net = PHMDiffSynthesizer(preset="T", num_inference_steps=steps)
+            self.assertEqual(int(net.timesteps[0]), 999)  # one step is the x0 estimate at t = T - 1
+            self.assertEqual(int(net.timesteps[-1]), 1000 // steps - 1)  # trailing: the last step is not t = 0
+            self.assertEqual(net.timesteps.shape[0], steps)
+            self.assertTrue(bool((net.timesteps[:-1] - net.timesteps[1:] == 1000 // steps).all()))
 
     def test_seed_determinism_and_inference_mode(self):
         net = _randomise_output_layers(PHMDiffSynthesizer(**TINY, seed=3)).eval()

@@ -16,6 +16,7 @@ from custom.engines import PHMDiffPrepareBatch
 from custom.inferers import PHMDiffTrainingInferer
 from custom.losses import PHMDiffLoss
 from custom.networks.nets import PHMDiffSynthesizer
+from test_phmdiff_networks import randomise_zero_layers
 
 datasets, has_nilearn = optional_import("nilearn.datasets")
 
@@ -65,9 +66,29 @@ class TestTrainingInferer(unittest.TestCase):
         loss = PHMDiffLoss()(out, target)
         loss.backward()
         self.assertTrue(torch.isfinite(loss))
-        self.assertIsNotNone(net.denoiser.final_layers[0].linear.weight.grad)
+        self.assertGreater(float(net.denoiser.head[-1].weight.grad.abs().sum()), 0.0)  # the zero output layer learns
+
+    @parameterized.expand([["model"], ["target"]])
+    def test_prior_of_the_finer_level(self, prior_source):
+        """prior_source "model": the finer level's prior is the coarser level's own clean estimate (up-sampled,
+        detached), as at inference; "target": the down-sampled ground truth."""
+        torch.manual_seed(0)
+        net = PHMDiffSynthesizer(preset="T", num_levels=2, prediction_type="sample")
+        randomise_zero_layers(net.denoiser)
+        inputs = {}
+        net.denoiser.register_forward_pre_hook(lambda _m, args: inputs.__setitem__(args[2], args[0]))
+        source, target = torch.rand(2, 1, 32, 28) * 2 - 1, torch.rand(2, 1, 32, 28) * 2 - 1
+        inferer = PHMDiffTrainingInferer(mask_ratio=0.0, prior_noise_std=0.0, prior_source=prior_source)
+        out = inferer(source, net, target=target)
+        coarse = out["pred_1"].clamp(-1, 1) if prior_source == "model" else net.pyramid(target)[1]
+        torch.testing.assert_close(inputs[0][:, 2:3], net.upsample(coarse, [32, 28]))
+        if prior_source == "model":  # not the ground truth
+            self.assertFalse(torch.allclose(inputs[0][:, 2:3], net.upsample(net.pyramid(target)[1], [32, 28])))
+        self.assertTrue(torch.all(inputs[1][:, 2:3] == 0))  # the coarsest level has no prior
 
     def test_ill_arguments(self):
+        with self.assertRaisesRegex(ValueError, "prior_source"):
+            PHMDiffTrainingInferer(prior_source="oracle")
         with self.assertRaisesRegex(ValueError, "mask_ratio"):
             PHMDiffTrainingInferer(mask_ratio=1.0)
         with self.assertRaisesRegex(ValueError, "prior_noise_std"):

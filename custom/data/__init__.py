@@ -11,7 +11,7 @@ import importlib
 from .datalist import IMAGE_SUFFIXES, DatasetError, find_images, load_datalist, prepare_dataset
 
 _LAZY = {
-    "demo": ("CONTRASTS", "SPLITS", "DATALIST_NAME", "RECORD_NAME", "MASK_NAME", "generate_demo_dataset"),
+    "demo": ("CONTRASTS", "SPLITS", "DATALIST_NAME", "RECORD_NAME", "MASK_NAME", "LESION_NAME", "generate_demo_dataset"),
     "simulation": (
         "DEFAULT_SETTINGS",
         "MEAN_SUBJECT",

@@ -33,12 +33,13 @@ from .simulation import (
     simulate_subject,
 )
 
-__all__ = ["CONTRASTS", "SPLITS", "DATALIST_NAME", "RECORD_NAME", "MASK_NAME", "generate_demo_dataset", "main"]
+__all__ = ["CONTRASTS", "SPLITS", "DATALIST_NAME", "RECORD_NAME", "MASK_NAME", "LESION_NAME", "generate_demo_dataset", "main"]
 
 SPLITS = ("training", "validation", "test")
 DATALIST_NAME = "datalist.json"
 RECORD_NAME = "dataset.json"
 MASK_NAME = "brain_mask"
+LESION_NAME = "lesion"
 _SUFFIX = ".nii.gz"
 
 
@@ -80,9 +81,10 @@ def generate_demo_dataset(
 ) -> Path:
     """Simulate paired subjects and write them with a MONAI-style datalist; return the datalist path.
 
-    Writes ``<split>/subject_<k>/{<source>,<target>,brain_mask}.nii.gz`` (float32 images, uint8 mask on the
-    target's pose; RAS affines of the MNI template at voxel size ``spacing``), ``datalist.json`` with the
-    lists ``training``, ``validation``, ``test`` of ``{"image": source, "label": target, "mask": mask}``
+    Writes ``<split>/subject_<k>/{<source>,<target>,brain_mask,lesion}.nii.gz`` (float32 images, uint8 brain
+    and lesion masks on the target's pose; RAS affines of the MNI template at voxel size ``spacing``),
+    ``datalist.json`` with the lists ``training``, ``validation``, ``test`` of
+    ``{"image": source, "label": target, "mask": brain mask, "lesion": lesion mask}``
     (paths relative to ``output_dir``) and ``dataset.json`` (provenance). The folder appears complete or not
     at all: it is built in a temporary sibling and renamed into place.
 
@@ -120,6 +122,7 @@ def generate_demo_dataset(
                     ("image", source, subject.source),
                     ("label", target, subject.target),
                     ("mask", MASK_NAME, subject.mask),
+                    ("lesion", LESION_NAME, subject.lesion),
                 ):
                     _save(array, template.affine, staging / folder / f"{name}{_SUFFIX}")
                     entry[key] = (folder / f"{name}{_SUFFIX}").as_posix()

@@ -452,12 +452,14 @@ class SimulatedSubject:
         source: source contrast, float32, slightly misregistered to the target.
         target: target contrast, float32.
         mask: brain mask on the target's pose, uint8.
+        lesion: lesion mask on the target's pose (necrosis, enhancing rim and oedema together >= 0.5), uint8.
         num_lesions: number of lesions inserted.
     """
 
     source: np.ndarray
     target: np.ndarray
     mask: np.ndarray
+    lesion: np.ndarray
     num_lesions: int
 
 
@@ -585,6 +587,8 @@ def simulate_subject(
     mask = np.zeros(template.shape, dtype=np.uint8)
     mask[template.crop][region] = brain >= 0.5
     _insert_lesions(fractions, lesions, rng, settings, spacing, origin)
+    lesion = np.zeros(template.shape, dtype=np.uint8)
+    lesion[template.crop] = fractions[_NORMAL_TISSUES:].sum(axis=0) >= 0.5
 
     # tissue properties where there is tissue: per-subject tissue means times smooth fields, independent for
     # T1, T2 and PD (so T2 is no function of T1 inside a tissue)
@@ -617,7 +621,7 @@ def simulate_subject(
             signal = np.zeros(crop_shape, dtype=np.float32)
             signal[region] = moved
         images[role] = _acquire(signal, bias, template, contrast_rng, settings)
-    return SimulatedSubject(images["source"], images["target"], mask, len(lesions))
+    return SimulatedSubject(images["source"], images["target"], mask, lesion, len(lesions))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,24 +1,45 @@
-"""TensorBoard picture of a validation batch: source | synthesis | target | error, one row per slice."""
+"""Picture of a validation batch for TensorBoard and a PNG file: source | synthesis | target | error, one row per
+slice, each slice shown anterior up (axial RAS slices transposed and flipped)."""
 
 from __future__ import annotations
 
+import os
+import struct
+import tempfile
+import zlib
+
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.utils import optional_import
 
 SummaryWriter, _ = optional_import("torch.utils.tensorboard", name="SummaryWriter")
 
-__all__ = ["synthesis_grid", "SynthesisGridHandler"]
+__all__ = ["synthesis_grid", "png_bytes", "SynthesisGridHandler"]
 
 
 def synthesis_grid(source: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, max_rows: int = 4) -> torch.Tensor:
-    """A (1, H·rows, W·4) image in [0, 1] from channel-first 2-D batches in [-1, 1]; the error is |pred - target|."""
+    """A (1, W·rows, H·4) image in [0, 1] from channel-first 2-D (H, W) batches in [-1, 1], each panel transposed and
+    flipped so that an axial RAS slice shows anterior up; the error is |pred - target|."""
     rows = []
     for s, p, t in list(zip(source, pred, target))[:max_rows]:
         s, p, t = (x[0].detach().float().cpu() for x in (s, p, t))
         error = (p - t).abs() - 1.0  # |error| in [0, 2] shown on the same [-1, 1] scale
-        rows.append(torch.cat([s, p, t, error], dim=1))
+        rows.append(torch.cat([x.T.flip(0) for x in (s, p, t, error)], dim=1))
     return ((torch.cat(rows, dim=0).clamp(-1, 1) + 1) / 2)[None]
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """An 8-bit grey PNG of a (1, H, W) or (H, W) image in [0, 1] (zlib only: no imaging library needed)."""
+    pixels = (image.reshape(image.shape[-2:]).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    height, width = pixels.shape
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), pixels], axis=1).tobytes()  # filter byte 0 per row
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
 def _stacked(items: list[dict] | dict, key: str) -> torch.Tensor:
@@ -27,16 +48,21 @@ def _stacked(items: list[dict] | dict, key: str) -> torch.Tensor:
 
 
 class SynthesisGridHandler:
-    """Write :func:`synthesis_grid` of the first batch to TensorBoard after every evaluation run.
+    """Write :func:`synthesis_grid` of the first batch to TensorBoard after every evaluation run and, with
+    ``png_path``, to that PNG file (replaced atomically, so a viewer never reads half a file).
 
     Args:
         log_dir: TensorBoard folder.
         tag: TensorBoard image tag.
         max_rows: slices shown.
+        png_path: PNG file of the latest evaluation's picture; None for TensorBoard only.
     """
 
-    def __init__(self, log_dir: str, tag: str = "source|synthesis|target|error", max_rows: int = 4) -> None:
+    def __init__(
+        self, log_dir: str, tag: str = "source|synthesis|target|error", max_rows: int = 4, png_path: str | None = None
+    ) -> None:
         self.log_dir = log_dir
+        self.png_path = png_path
         self.tag = tag
         self.max_rows = max_rows
         self._writer = None
@@ -66,3 +92,10 @@ class SynthesisGridHandler:
         # a MONAI evaluator run by ValidationHandler carries the trainer's epoch
         self._writer.add_image(self.tag, self._grid, engine.state.epoch)
         self._writer.flush()
+        if self.png_path:
+            folder = os.path.dirname(os.path.abspath(self.png_path))
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".partial-", suffix=".png", delete=False) as tmp:
+                tmp.write(png_bytes(self._grid))
+            os.chmod(tmp.name, 0o644)  # a temporary file is private; the picture is for whoever reads the run
+            os.replace(tmp.name, self.png_path)

@@ -18,11 +18,17 @@ __all__ = ["PHMDiffTrainingInferer"]
 class PHMDiffTrainingInferer(Inferer):
     """
     Training step of PHMDiff (arXiv 2507.16579) for MONAI's ``SupervisedTrainer``: builds the pyramids of source and
-    target with the network's own pyramid, and at every level ℓ samples a timestep and noise, forms
-    x_t = √ᾱ x₀ + √(1−ᾱ) ε, builds the prior from the ground-truth coarser target (down-sampled, hence degraded, then
-    up-sampled, plus Gaussian noise of a per-sample std drawn from [0, ``prior_noise_std``] — conditioning augmentation
-    as in cascaded diffusion, Ho et al., arXiv 2106.15282; zeros at the coarsest level) and runs the denoiser on
-    ``concat[x_t, source, prior]`` with mask ratio r.
+    target with the network's own pyramid and goes from the coarsest level to the finest. At every level ℓ it samples
+    a timestep and noise, forms x_t = √ᾱ x₀ + √(1−ᾱ) ε, builds the prior (zeros at the coarsest level; else the
+    up-sampled clean estimate of level ℓ+1, plus Gaussian noise of a per-sample std drawn from
+    [0, ``prior_noise_std``] — conditioning augmentation as in cascaded diffusion, Ho et al., arXiv 2106.15282) and
+    runs the denoiser on ``concat[x_t, source, prior]`` with mask ratio r.
+
+    The clean estimate of level ℓ+1 is, with ``prior_source="model"``, the network's own x₀ estimate of that level in
+    this very step (detached): an estimate made by the model, as sampling gives the finer level, whose quality
+    varies with the coarser level's random t from a regression guess to nearly the truth. With ``"target"`` it is
+    the down-sampled ground truth, which the model never gets at inference; measured on the demo data, the finest
+    level then learns to copy a prior it is never given and the output stays at the coarse level's blur.
 
     Timesteps, noise and masks come from torch's global RNG (``monai.utils.set_determinism`` makes runs repeatable).
 
@@ -30,6 +36,7 @@ class PHMDiffTrainingInferer(Inferer):
         mask_ratio: fraction of tokens dropped before the encoder, one value or one per level (finest first);
             paper: "random, high-proportion masks"; default 0.5 (MaskDiT). Use 0 for the final unmasking phase.
         prior_noise_std: upper end of the conditioning-augmentation noise std (intensities in [-1, 1]); default 0.1.
+        prior_source: "model" (default) or "target": where the finer levels' priors come from (see above).
 
     Returns (``__call__``):
         a dict with, for every level ℓ (0 = finest), cropped to the level's extent of the unpadded input:
@@ -44,8 +51,13 @@ class PHMDiffTrainingInferer(Inferer):
         >>> loss = PHMDiffLoss()(outputs, target)
     """
 
-    def __init__(self, mask_ratio: Sequence[float] | float = 0.5, prior_noise_std: float = 0.1) -> None:
+    def __init__(
+        self, mask_ratio: Sequence[float] | float = 0.5, prior_noise_std: float = 0.1, prior_source: str = "model"
+    ) -> None:
         super().__init__()
+        if prior_source not in ("model", "target"):
+            raise ValueError(f"prior_source must be 'model' or 'target', got {prior_source!r}.")
+        self.prior_source = prior_source
         ratios = mask_ratio if isinstance(mask_ratio, Sequence) else [mask_ratio]
         if len(ratios) == 0 or any(not 0.0 <= float(r) < 1.0 for r in ratios):
             raise ValueError(f"mask_ratio must be in [0, 1) (one value or one per level), got {mask_ratio}.")
@@ -74,10 +86,12 @@ class PHMDiffTrainingInferer(Inferer):
         alphas = synth.alphas_cumprod.to(device=target.device, dtype=target.dtype)
         view = [b] + [1] * (target.ndim - 1)
         outputs: dict[str, torch.Tensor] = {}
-        for level in range(num_levels):
+        estimate = torch.zeros(0)  # the coarser level's clean estimate, set by each level for the next
+        for level in range(num_levels - 1, -1, -1):
             x0 = targets[level]  # (B, C, *S_l)
             if level < num_levels - 1:
-                prior = synth.upsample(targets[level + 1], list(x0.shape[2:]))  # (B, C, *S_l)
+                coarser = targets[level + 1] if self.prior_source == "target" else estimate
+                prior = synth.upsample(coarser, list(x0.shape[2:]))  # (B, C, *S_l)
                 std = torch.rand(view, device=x0.device, dtype=x0.dtype) * self.prior_noise_std  # (B, 1, ...)
                 prior = prior + std * torch.randn_like(prior)
             else:
@@ -89,6 +103,8 @@ class PHMDiffTrainingInferer(Inferer):
             pred, mask, features = synth.denoiser(
                 torch.cat([x_t, sources[level], prior], dim=1), t, level, float(ratios[level])
             )
+            # the model's own clean estimate, detached: the next level's prior, made as sampling makes it
+            estimate = convert_prediction(pred.detach(), x_t, a_t, synth.prediction_type, "sample").clamp(-1.0, 1.0)
             regression_target = convert_prediction(noise, x_t, a_t, "epsilon", synth.prediction_type)
             outputs[f"pred_{level}"] = pred
             outputs[f"target_{level}"] = regression_target

@@ -36,11 +36,12 @@ def _check_reduction(reduction: LossReduction | str) -> str:
 class MaskedDenoisingLoss(_Loss):
     """
     MaskDiT's denoising loss (Zheng et al., arXiv 2306.09305) as used by PHMDiff (arXiv 2507.16579): the mean squared
-    error on pixels of visible (kept) tokens plus ``masked_weight`` times the mean squared error on pixels of masked
+    (or absolute) error on pixels of visible (kept) tokens plus ``masked_weight`` times the same on pixels of masked
     tokens, per sample.
 
     Args:
-        masked_weight: weight of the masked-token reconstruction term (MaskDiT: 0.1).
+        masked_weight: weight of the masked-token reconstruction term (MaskDiT: 0.1; 1 is the loss on all tokens).
+        distance: "l2" (squared error, default) or "l1" (absolute error).
         reduction: "mean", "sum" or "none" over the batch ("none" gives shape (B,)).
 
     Example::
@@ -48,11 +49,16 @@ class MaskedDenoisingLoss(_Loss):
         >>> loss = MaskedDenoisingLoss()(pred, target, keep_mask)  # (B, C, *S), (B, C, *S), (B, 1, *S)
     """
 
-    def __init__(self, masked_weight: float = 0.1, reduction: LossReduction | str = LossReduction.MEAN) -> None:
+    def __init__(
+        self, masked_weight: float = 0.1, distance: str = "l2", reduction: LossReduction | str = LossReduction.MEAN
+    ) -> None:
         super().__init__(reduction=_check_reduction(reduction))
         if masked_weight < 0:
             raise ValueError(f"masked_weight must be >= 0, got {masked_weight}.")
+        if distance not in ("l1", "l2"):
+            raise ValueError(f"distance must be 'l1' or 'l2', got {distance!r}.")
         self.masked_weight = masked_weight
+        self.distance = distance
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, keep_mask: torch.Tensor | None = None) -> torch.Tensor:
         """
@@ -64,7 +70,8 @@ class MaskedDenoisingLoss(_Loss):
         """
         if input.shape != target.shape:
             raise ValueError(f"input and target must have the same shape, got {input.shape} and {target.shape}.")
-        se = (input - target) ** 2  # (B, C, *S)
+        diff = input - target
+        se = diff.abs() if self.distance == "l1" else diff**2  # (B, C, *S)
         if keep_mask is None:
             keep_mask = torch.ones_like(se)
         m = keep_mask.to(se.dtype).expand_as(se)  # (B, C, *S)
@@ -161,6 +168,7 @@ class PHMDiffLoss(_Loss):
         masked_weight: weight of masked-token reconstruction in the denoising loss (default 0.1).
         level_weights: weight of each level's denoising loss, finest first; None weighs all levels 1.
         mmd_bandwidths: fixed MMD bandwidths, None for the median heuristic (see :class:`GaussianMMDLoss`).
+        distance: "l2" or "l1", the denoising loss's distance (see :class:`MaskedDenoisingLoss`).
         reduction: "mean", "sum" or "none" over the batch for the denoising term (the MMD is a batch statistic
             and is added to every sample for "none").
 
@@ -176,6 +184,7 @@ class PHMDiffLoss(_Loss):
         masked_weight: float = 0.1,
         level_weights: Sequence[float] | None = None,
         mmd_bandwidths: Sequence[float] | None = None,
+        distance: str = "l2",
         reduction: LossReduction | str = LossReduction.MEAN,
     ) -> None:
         super().__init__(reduction=_check_reduction(reduction))
@@ -185,7 +194,7 @@ class PHMDiffLoss(_Loss):
             raise ValueError(f"level_weights must be >= 0, got {level_weights}.")
         self.mmd_weight = mmd_weight
         self.level_weights = None if level_weights is None else tuple(float(w) for w in level_weights)
-        self.denoising = MaskedDenoisingLoss(masked_weight=masked_weight, reduction=LossReduction.NONE)
+        self.denoising = MaskedDenoisingLoss(masked_weight=masked_weight, distance=distance, reduction=LossReduction.NONE)
         self.mmd = GaussianMMDLoss(bandwidths=mmd_bandwidths)
 
     def forward(self, input: dict[str, torch.Tensor], target: torch.Tensor | None = None) -> torch.Tensor:

@@ -78,7 +78,8 @@ def _display(volume: np.ndarray) -> np.ndarray:
 def save_synthesis_grid(
     dataset_dir: str, synth_dir: str, output: str, data_list_key: str = "test", postfix: str = "synth"
 ) -> str:
-    """A grid with one row per test subject: source | synthesis | target | |synthesis − target|, mid-axial slice.
+    """A grid with one row per test subject: source | synthesis | target | |synthesis − target|, on the axial slice
+    with the most lesion where the datalist names a ``lesion`` mask with any lesion, else the mid-axial slice.
 
     Args:
         dataset_dir: folder with ``datalist.json`` (config id ``dataset_dir``).
@@ -101,11 +102,14 @@ def save_synthesis_grid(
             for p in (Path(dataset_dir) / entry["image"], Path(dataset_dir) / entry["label"], synth_path)
         )
         z = source.shape[2] // 2
+        if "lesion" in entry:
+            area = (np.asarray(nib.load(Path(dataset_dir) / entry["lesion"]).dataobj) > 0).sum(axis=(0, 1))
+            z = int(area.argmax()) if area.max() > 0 else z
         for ax, image, title in zip(
             row, (source, synth, target, np.abs(synth - target)), ("source", "synthesis", "target", "|error|")
         ):
             ax.imshow(np.rot90(image[:, :, z]), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"{title} ({relative.parent.name})", fontsize=8)
+            ax.set_title(f"{title} ({relative.parent.name}, z={z})", fontsize=8)
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(output, dpi=110)

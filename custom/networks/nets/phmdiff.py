@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from monai.networks.layers import Conv
+from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 from monai.networks.schedulers import DDIMScheduler
 from monai.utils import ensure_tuple_rep
 from torch import nn
@@ -31,28 +33,41 @@ __all__ = ["PHMDiffDenoiser", "PHMDiffSynthesizer", "PHMDIFF_PRESETS", "phmdiff_
 class PHMDiffDenoiser(nn.Module):
     """
     The PHMDiff denoiser (arXiv 2507.16579): a diffusion transformer (DiT, adaLN-Zero) with MaskDiT token dropping
-    (arXiv 2306.09305), shared by all pyramid levels. At level ℓ it sees ``concat[x_t, source, prior]`` on the channel
-    axis, where ``prior`` is the up-sampled clean estimate of level ℓ+1 (zeros at the coarsest level), and is told its
-    level by a learned level embedding added to the timestep embedding.
+    (arXiv 2306.09305), shared by all pyramid levels, inside a convolutional hourglass (HDiT, arXiv 2401.11605;
+    U-DiT; U-ViT's pixel path). At level ℓ it sees ``concat[x_t, source, prior]`` on the channel axis, where
+    ``prior`` is the up-sampled clean estimate of level ℓ+1 (zeros at the coarsest level), and is told its level by a
+    learned level embedding added to the timestep embedding.
 
-    With ``mask_ratio`` r > 0 a random ``round((1 - r) N)`` of the N patch tokens of each sample is kept and the
+    The hourglass: a 3×3 stem and one timestep-conditioned residual block per entry of ``conv_channels`` (MONAI's
+    ``DiffusionUNetResnetBlock``), each further entry at half the resolution; the last map is cut into patches of
+    ``patch_size`` for the transformer, whose tokens are unpatchified back onto that map; a mirrored decoder with
+    skip connections returns to full resolution, where a 3×3 convolution draws the output. So detail below the token
+    size has a pixel path, and the first and last layers learn as fast as a UNet's. An empty ``conv_channels`` is the
+    plain DiT (linear patch embedding and linear unpatchify).
+
+    With ``mask_ratio`` r > 0 a random ``round((1 - r) N)`` of the N tokens of each sample is kept and the transformer
     encoder runs on those only; a light decoder then runs on the full sequence with a learned mask token. The input
-    may have any spatial size: it is replicate-padded to a multiple of the patch size and the output cropped back,
-    and the fixed sin-cos position embedding is computed for the actual token grid (cached per grid).
+    may have any spatial size: it is padded (``pad_mode``) to a multiple of the token stride and the output cropped
+    back, and the fixed sin-cos position embedding is computed for the actual token grid (cached per grid).
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: channels of the source image.
         out_channels: channels of the target image (and of x_t, the prior and the prediction).
         num_levels: number of pyramid levels L (size of the level embedding).
-        patch_size: isotropic patch size, one int for all levels or one per level (level 0 = finest); levels with
-            different patch sizes get their own patch embedding and output layer.
+        patch_size: isotropic patch size on the hourglass's coarsest map, one int for all levels or one per level
+            (level 0 = finest); levels with different patch sizes get their own patch embedding and output layer.
         hidden_size: token dimension D, divisible by ``2 * spatial_dims`` and by ``num_heads``.
-        depth: number of encoder blocks.
+        depth: number of transformer encoder blocks (0 removes the transformer but for the patch embedding and
+            output layer: the ablation that shows what the transformer carries).
         num_heads: attention heads.
-        decoder_depth: number of decoder blocks (run on the full sequence).
+        decoder_depth: number of transformer decoder blocks (run on the full sequence).
         mlp_ratio: MLP width as a multiple of ``hidden_size``.
         frequency_embedding_size: sinusoidal features of the timestep embedding.
+        pad_mode: padding mode up to a multiple of the token stride ("replicate", "reflect" or "constant").
+        conv_channels: channels of the hourglass stages, full resolution first; each further stage halves the
+            resolution, so the token stride is ``patch_size * 2 ** (len(conv_channels) - 1)``. Empty: plain DiT.
+        norm_num_groups: groups of the hourglass's group norms (must divide every entry of ``conv_channels``).
 
     Returns (``forward``):
         ``(prediction, keep_mask, features)``: the prediction (B, out_channels, *spatial); a float mask
@@ -61,11 +76,11 @@ class PHMDiffDenoiser(nn.Module):
 
     Example::
 
-        >>> net = PHMDiffDenoiser(spatial_dims=2, in_channels=1, out_channels=1, hidden_size=48, depth=2, num_heads=2)
+        >>> net = PHMDiffDenoiser(spatial_dims=2, hidden_size=48, depth=2, num_heads=2, conv_channels=(8, 16))
         >>> pred, keep, feat = net(torch.rand(2, 3, 99, 117), torch.tensor([10, 900]), level=0, mask_ratio=0.5)
         >>> pred.shape, keep.shape, feat.shape
         (torch.Size([2, 1, 99, 117]), torch.Size([2, 1, 99, 117]), torch.Size([2, 48]))
-        >>> net3d = PHMDiffDenoiser(spatial_dims=3, in_channels=1, out_channels=1, hidden_size=48, depth=2, num_heads=2)
+        >>> net3d = PHMDiffDenoiser(spatial_dims=3, hidden_size=48, depth=2, num_heads=2, conv_channels=(8,))
         >>> net3d(torch.rand(1, 3, 48, 40, 32), torch.tensor([10]), level=1)[0].shape
         torch.Size([1, 1, 48, 40, 32])
     """
@@ -76,7 +91,7 @@ class PHMDiffDenoiser(nn.Module):
         in_channels: int = 1,
         out_channels: int = 1,
         num_levels: int = 3,
-        patch_size: Sequence[int] | int = 4,
+        patch_size: Sequence[int] | int = 2,
         hidden_size: int = 96,
         depth: int = 6,
         num_heads: int = 4,
@@ -84,6 +99,8 @@ class PHMDiffDenoiser(nn.Module):
         mlp_ratio: float = 4.0,
         frequency_embedding_size: int = 256,
         pad_mode: str = "replicate",
+        conv_channels: Sequence[int] = (32, 64),
+        norm_num_groups: int = 8,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -91,8 +108,8 @@ class PHMDiffDenoiser(nn.Module):
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("num_levels", num_levels)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
-        if depth < 1 or decoder_depth < 0:
-            raise ValueError(f"depth must be >= 1 and decoder_depth >= 0, got depth={depth}, decoder_depth={decoder_depth}.")
+        if depth < 0 or decoder_depth < 0:
+            raise ValueError(f"depth and decoder_depth must be >= 0, got depth={depth}, decoder_depth={decoder_depth}.")
         if hidden_size < 1 or hidden_size % (2 * spatial_dims) != 0:
             raise ValueError(f"hidden_size must be a positive multiple of {2 * spatial_dims}, got {hidden_size}.")
         if num_heads < 1 or hidden_size % num_heads != 0:
@@ -101,6 +118,11 @@ class PHMDiffDenoiser(nn.Module):
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}.")
         if pad_mode not in ("replicate", "reflect", "constant"):
             raise ValueError(f"pad_mode must be 'replicate', 'reflect' or 'constant', got {pad_mode!r}.")
+        channels = [int(c) for c in conv_channels]
+        if norm_num_groups < 1 or any(c < 1 or c % norm_num_groups for c in channels):
+            raise ValueError(
+                f"conv_channels must be positive multiples of norm_num_groups={norm_num_groups}, got {conv_channels}."
+            )
         self.pad_mode = pad_mode
         patches = ensure_tuple_rep(patch_size, num_levels)
         if any(int(p) < 1 for p in patches):
@@ -111,28 +133,55 @@ class PHMDiffDenoiser(nn.Module):
         self.out_channels = out_channels
         self.num_levels = num_levels
         self.hidden_size = hidden_size
+        self.conv_channels = channels
         distinct = sorted({int(p) for p in patches})
         self.patch_sizes: List[int] = [int(p) for p in distinct]  # one patch embedding / output layer per entry
         self.level_to_patch: List[int] = [distinct.index(int(p)) for p in patches]
+        self.downsampling = 2 ** (len(channels) - 1) if channels else 1  # hourglass stride before the patches
 
         conv = Conv[Conv.CONV, spatial_dims]
         embed_channels = 2 * out_channels + in_channels  # concat[x_t, source, prior]
-        self.patch_embeds = nn.ModuleList(
-            [conv(embed_channels, hidden_size, kernel_size=p, stride=p) for p in self.patch_sizes]
-        )
+        token_channels = channels[-1] if channels else out_channels  # what a token is unpatchified to
         self.t_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
         self.level_embed = nn.Embedding(num_levels, hidden_size)
+
+        # hourglass: stem and encoder stages (each after the first halves the resolution), decoder with skips
+        self.stem = nn.ModuleList([conv(embed_channels, channels[0], kernel_size=3, padding=1)] if channels else [])
+        self.encoder = nn.ModuleList(
+            [
+                DiffusionUNetResnetBlock(spatial_dims, channels[max(i - 1, 0)], hidden_size, c, down=i > 0,
+                                         norm_num_groups=norm_num_groups)
+                for i, c in enumerate(channels)
+            ]
+        )
+        self.decoder = nn.ModuleList(
+            [
+                DiffusionUNetResnetBlock(spatial_dims, c + (channels[i + 1] if i + 1 < len(channels) else c), hidden_size,
+                                         c, norm_num_groups=norm_num_groups)
+                for i, c in reversed(list(enumerate(channels)))
+            ]
+        )
+        self.head = nn.ModuleList(
+            [nn.GroupNorm(norm_num_groups, channels[0]), nn.SiLU(), conv(channels[0], out_channels, 3, padding=1)]
+            if channels
+            else []
+        )
+
+        patch_in = channels[-1] if channels else embed_channels
+        self.patch_embeds = nn.ModuleList([conv(patch_in, hidden_size, kernel_size=p, stride=p) for p in self.patch_sizes])
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.decoder_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(decoder_depth)])
         self.final_layers = nn.ModuleList(
-            [FinalLayer(hidden_size, p**spatial_dims * out_channels) for p in self.patch_sizes]
+            [FinalLayer(hidden_size, p**spatial_dims * token_channels) for p in self.patch_sizes]
         )
+        self.token_channels = token_channels
         self._pos_cache: Dict[str, torch.Tensor] = {}
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """DiT initialisation; adaLN and output layers are zero, so every block is the identity and the output is 0."""
+        """DiT initialisation; adaLN, output layers and the hourglass's last convolution of every residual block
+        and of the head are zero, so every block is the identity and the output is 0."""
 
         def _basic_init(module: nn.Module) -> None:
             if isinstance(module, nn.Linear):
@@ -140,7 +189,8 @@ class PHMDiffDenoiser(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-        self.apply(_basic_init)
+        for module in [self.t_embedder, self.level_embed, self.blocks, self.decoder_blocks, self.final_layers]:
+            module.apply(_basic_init)
         for embed in self.patch_embeds:  # like nn.Linear on the flattened patch
             nn.init.xavier_uniform_(embed.weight.view(embed.weight.shape[0], -1))
             nn.init.zeros_(embed.bias)
@@ -155,6 +205,9 @@ class PHMDiffDenoiser(nn.Module):
             for lin in (layer.adaLN_modulation[-1], layer.linear):
                 nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
+        if len(self.head) > 0:
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     def position_embedding(self, grid: List[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """Fixed sin-cos embedding (1, prod(grid), D) of a token grid, cached per grid, device and dtype."""
@@ -163,6 +216,10 @@ class PHMDiffDenoiser(nn.Module):
             with torch.no_grad():
                 self._pos_cache[key] = sincos_position_embedding(grid, self.hidden_size, device, dtype)
         return self._pos_cache[key]
+
+    def token_stride(self, level: int) -> int:
+        """Pixels per token side at ``level``: the hourglass's down-sampling times the level's patch size."""
+        return self.downsampling * self.patch_sizes[self.level_to_patch[level]]
 
     def _embed(self, x: torch.Tensor, level: int) -> torch.Tensor:
         index = self.level_to_patch[level]
@@ -181,15 +238,15 @@ class PHMDiffDenoiser(nn.Module):
         return out
 
     def unpatchify(self, x: torch.Tensor, grid: List[int], patch: int) -> torch.Tensor:
-        """Tokens (B, N, p^d * C) to an image (B, C, *grid * p)."""
+        """Tokens (B, N, p^d * C) to a map (B, C, *grid * p), C = ``token_channels``."""
         nd = len(grid)
         b = x.shape[0]
-        x = x.reshape([b] + grid + [patch] * nd + [self.out_channels])  # (B, *grid, *patch, C)
+        x = x.reshape([b] + grid + [patch] * nd + [self.token_channels])  # (B, *grid, *patch, C)
         perm = [0, 2 * nd + 1]
         for i in range(nd):
             perm += [1 + i, 1 + nd + i]
         x = x.permute(perm)  # (B, C, g1, p1, g2, p2[, g3, p3])
-        return x.reshape([b, self.out_channels] + [g * patch for g in grid])  # (B, C, *grid * p)
+        return x.reshape([b, self.token_channels] + [g * patch for g in grid])  # (B, C, *grid * p)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, level: int = 0, mask_ratio: float = 0.0
@@ -207,14 +264,22 @@ class PHMDiffDenoiser(nn.Module):
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
         size: List[int] = list(x.shape[2:])
         patch = self.patch_sizes[self.level_to_patch[level]]
-        x = pad_to_multiple(x, [patch] * self.spatial_dims, self.pad_mode)  # (B, Cin, *padded)
-        grid = [s // patch for s in list(x.shape[2:])]
-        b = x.shape[0]
+        stride = self.token_stride(level)
+        h = pad_to_multiple(x, [stride] * self.spatial_dims, self.pad_mode)  # (B, Cin, *padded)
+        grid = [s // stride for s in list(h.shape[2:])]
+        b = h.shape[0]
+        c = self.t_embedder(t) + self.level_embed.weight[level].unsqueeze(0)  # (B, D)
 
-        tokens = self._embed(x, level).flatten(2).transpose(1, 2)  # (B, N, D)
+        skips: List[torch.Tensor] = []
+        for stem in self.stem:
+            h = stem(h)  # (B, C0, *padded)
+        for block in self.encoder:
+            h = block(h, c)  # (B, Ci, *padded / 2^i)
+            skips.append(h)
+
+        tokens = self._embed(h, level).flatten(2).transpose(1, 2)  # (B, N, D)
         pos = self.position_embedding(grid, tokens.device, tokens.dtype)  # (1, N, D)
         tokens = tokens + pos  # (B, N, D)
-        c = self.t_embedder(t) + self.level_embed.weight[level].unsqueeze(0)  # (B, D)
 
         n = tokens.shape[1]
         num_keep = num_kept_tokens(n, mask_ratio)
@@ -232,11 +297,19 @@ class PHMDiffDenoiser(nn.Module):
         tokens = tokens + pos  # (B, N, D)
         for block in self.decoder_blocks:
             tokens = block(tokens, c)  # (B, N, D)
+        out = self.unpatchify(self._output(tokens, c, level), grid, patch)  # (B, C_last or C_out, *padded / 2^k)
 
-        out = self.unpatchify(self._output(tokens, c, level), grid, patch)  # (B, C, *padded)
+        for i, block in enumerate(self.decoder):
+            skip = skips[len(skips) - 1 - i]
+            if i > 0:
+                out = F.interpolate(out, size=list(skip.shape[2:]), mode="nearest")
+            out = block(torch.cat([out, skip], dim=1), c)  # (B, Ci, *padded / 2^i)
+        for layer in self.head:
+            out = layer(out)  # (B, C_out, *padded)
+
         mask = keep_mask.reshape([b, 1] + grid)  # (B, 1, *grid)
         for i in range(self.spatial_dims):
-            mask = mask.repeat_interleave(patch, dim=2 + i)  # (B, 1, *padded)
+            mask = mask.repeat_interleave(stride, dim=2 + i)  # (B, 1, *padded)
         return crop_to_size(out, size), crop_to_size(mask, size), features
 
 
@@ -250,25 +323,28 @@ PHMDiffDenoiser.__annotations__["_pos_cache"] = Dict[str, torch.Tensor]
 #################################################################################
 
 
-def _preset(defaults: Dict[str, float], kwargs: dict) -> PHMDiffDenoiser:
+def _preset(defaults: Dict[str, object], kwargs: dict) -> PHMDiffDenoiser:
     merged = dict(defaults)
     merged.update({k: v for k, v in kwargs.items() if v is not None})
     return PHMDiffDenoiser(**merged)
 
 
 def phmdiff_t(**kwargs) -> PHMDiffDenoiser:
-    """Tiny (tests, smoke runs): D=48, 2 encoder blocks, 2 heads, 1 decoder block (~0.2 M parameters)."""
-    return _preset({"hidden_size": 48, "depth": 2, "num_heads": 2, "decoder_depth": 1}, kwargs)
+    """Tiny (tests, smoke runs): D=48, 2 encoder blocks, 2 heads, 1 decoder block, hourglass (8, 16)."""
+    return _preset({"hidden_size": 48, "depth": 2, "num_heads": 2, "decoder_depth": 1, "conv_channels": (8, 16)}, kwargs)
 
 
 def phmdiff_s(**kwargs) -> PHMDiffDenoiser:
-    """Small (default, trains on a CPU): D=96, 6 encoder blocks, 4 heads, 2 decoder blocks (~1.0 M parameters)."""
-    return _preset({"hidden_size": 96, "depth": 6, "num_heads": 4, "decoder_depth": 2}, kwargs)
+    """Small (default, trains on a CPU): D=128, 6 encoder blocks, 4 heads, 1 decoder block, hourglass (8, 16, 32)."""
+    return _preset(
+        {"hidden_size": 128, "depth": 6, "num_heads": 4, "decoder_depth": 1, "conv_channels": (8, 16, 32)}, kwargs
+    )
 
 
 def phmdiff_b(**kwargs) -> PHMDiffDenoiser:
-    """Base (GPU): D=384, 12 encoder blocks, 6 heads, 2 decoder blocks (~30 M parameters)."""
-    return _preset({"hidden_size": 384, "depth": 12, "num_heads": 6, "decoder_depth": 2}, kwargs)
+    """Base (GPU): D=384, 12 encoder blocks, 6 heads, 2 decoder blocks, hourglass (64, 128)."""
+    return _preset({"hidden_size": 384, "depth": 12, "num_heads": 6, "decoder_depth": 2, "conv_channels": (64, 128)},
+                   kwargs)
 
 
 PHMDIFF_PRESETS: Dict[str, Callable[..., PHMDiffDenoiser]] = {"T": phmdiff_t, "S": phmdiff_s, "B": phmdiff_b}
@@ -298,20 +374,22 @@ class PHMDiffSynthesizer(nn.Module):
     and works under ``torch.inference_mode()``.
 
     Any input size works: level ℓ has size ``ceil(S / 2**ℓ)`` and the denoiser pads each level only to a multiple of
-    that level's patch size (``pad_mode``) and crops its output back, so no level pays for padding of the others.
+    that level's token stride (``pad_mode``) and crops its output back, so no level pays for padding of the others.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: channels of the source image.
         out_channels: channels of the target image.
         num_levels: pyramid levels L (paper: a multi-scale pyramid with scale factor 0.5; default 3).
-        patch_size: isotropic patch size, one for all levels or one per level (level 0 = finest). Default 4.
+        patch_size: isotropic patch size on the hourglass's coarsest map, one for all levels or one per level
+            (level 0 = finest). Default 2.
         preset: size preset name in ``PHMDIFF_PRESETS`` ("T", "S", "B"); default "S".
         hidden_size: overrides the preset's token dimension.
         depth: overrides the preset's number of encoder blocks.
         num_heads: overrides the preset's number of attention heads.
         decoder_depth: overrides the preset's number of decoder blocks.
         mlp_ratio: MLP width as a multiple of ``hidden_size``; default 4.
+        conv_channels: overrides the preset's hourglass channels (full resolution first; empty: plain DiT).
         num_train_timesteps: diffusion steps T of training; default 1000.
         schedule: MONAI noise schedule name ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine");
             default "linear_beta" (β from 1e-4 to 2e-2, as DDPM).
@@ -325,7 +403,7 @@ class PHMDiffSynthesizer(nn.Module):
         clip_sample: clamp the x₀ estimate to [-1, 1] (intensities are scaled to [-1, 1]); default True.
         prior_noise_std: std of Gaussian noise added to the up-sampled prior at inference (conditioning
             augmentation, Ho et al. 2021; training draws it from [0, ``prior_noise_std`` of the inferer]); default 0.
-        pad_mode: padding mode for level sizes that are not a multiple of their patch size; default "replicate".
+        pad_mode: padding mode for level sizes that are not a multiple of their token stride; default "replicate".
 
     Example::
 
@@ -343,13 +421,14 @@ class PHMDiffSynthesizer(nn.Module):
         in_channels: int = 1,
         out_channels: int = 1,
         num_levels: int = 3,
-        patch_size: Sequence[int] | int = 4,
+        patch_size: Sequence[int] | int = 2,
         preset: str = "S",
         hidden_size: Optional[int] = None,
         depth: Optional[int] = None,
         num_heads: Optional[int] = None,
         decoder_depth: Optional[int] = None,
         mlp_ratio: Optional[float] = None,
+        conv_channels: Optional[Sequence[int]] = None,
         num_train_timesteps: int = 1000,
         schedule: str = "linear_beta",
         num_inference_steps: int = 10,
@@ -386,6 +465,7 @@ class PHMDiffSynthesizer(nn.Module):
             num_heads=num_heads,
             decoder_depth=decoder_depth,
             mlp_ratio=mlp_ratio,
+            conv_channels=conv_channels,
             pad_mode=pad_mode,
         )
         self.spatial_dims = spatial_dims
@@ -408,10 +488,14 @@ class PHMDiffSynthesizer(nn.Module):
 
     @torch.jit.unused
     def set_num_inference_steps(self, num_inference_steps: int) -> None:
-        """(Re)build the DDIM step pairs t_i → t_{i+1} (the last one to ᾱ = 1) from MONAI's DDIM timesteps."""
+        """(Re)build the DDIM step pairs t_i → t_{i+1} (the last one to ᾱ = 1) from MONAI's DDIM timesteps, offset to
+        "trailing" spacing (Lin et al., arXiv 2305.08891): n steps evenly T/n apart from t = T − 1 down to
+        t = T/n − 1, not to t = 0, so no step is spent where x_t is already the clean image. One step is the
+        one-step x₀ estimate at t = T − 1."""
         if not 1 <= num_inference_steps <= self.num_train_timesteps:
             raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}.")
-        scheduler = DDIMScheduler(**self.scheduler_args)
+        offset = self.num_train_timesteps // num_inference_steps - 1
+        scheduler = DDIMScheduler(**self.scheduler_args, steps_offset=offset)
         scheduler.set_timesteps(num_inference_steps)
         timesteps = scheduler.timesteps.long()
         alphas = scheduler.alphas_cumprod.float()

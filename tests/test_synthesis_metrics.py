@@ -1,0 +1,90 @@
+"""The benchmark's synthesis figures on hand-made images whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from custom.metrics import blockiness, lesion_contrast, masked_psnr
+
+
+def _smooth_image(size: int = 48) -> torch.Tensor:
+    y, x = torch.meshgrid(torch.linspace(0, 3, size), torch.linspace(0, 2, size), indexing="ij")
+    return (torch.sin(x * 2.1) * torch.cos(y * 1.7))[None, None]  # (1, 1, H, W)
+
+
+def _mosaic(target: torch.Tensor) -> torch.Tensor:
+    """8x8 blocks on the grid, with the target's own detail inside them at a tenth of its contrast."""
+    return F.interpolate(F.avg_pool2d(target, 8), scale_factor=8, mode="nearest") + 0.1 * target
+
+
+def test_blockiness_is_one_for_the_target_itself_and_high_for_a_mosaic():
+    target = _smooth_image()
+    assert blockiness(target, target, patch=8) == pytest.approx(1.0)
+    mosaic = _mosaic(target)
+    assert 3.0 < blockiness(mosaic, target, patch=8) < 100.0
+    shifted = torch.roll(mosaic, shifts=(4, 4), dims=(2, 3))  # same blocks, off the measured grid
+    assert blockiness(shifted, target, patch=8) < blockiness(mosaic, target, patch=8)
+
+
+def test_blockiness_counts_only_differences_inside_the_mask():
+    target = _smooth_image()
+    mosaic = _mosaic(target)
+    mask = torch.zeros_like(target)
+    mask[..., 16:24, 16:24] = 1  # one patch: no boundary inside it
+    with pytest.raises(ValueError, match="across or inside"):
+        blockiness(mosaic, target, patch=8, mask=mask)
+    mask[..., 16:32, 16:32] = 1
+    assert blockiness(mosaic, target, patch=8, mask=mask) > 3.0
+
+
+def test_blockiness_3d_and_bad_arguments():
+    target = torch.rand(1, 1, 16, 16, 16)
+    assert blockiness(target, target, patch=4) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="patch"):
+        blockiness(target, target, patch=1)
+    with pytest.raises(ValueError, match="stacks of one shape"):
+        blockiness(target, target[..., :8], patch=4)
+    with pytest.raises(ValueError, match="stacks of one shape"):
+        blockiness(target[0, 0], target[0, 0], patch=4)  # no batch and channel axes: refused, not misread
+
+
+def test_lesion_contrast_against_a_hand_computation():
+    target = torch.zeros(1, 1, 32, 32)
+    lesion = torch.zeros_like(target)
+    lesion[..., 10:16, 10:16] = 1
+    target[lesion > 0] = 0.8  # lesion 0.8 on a tissue of 0: contrast 0.8
+    half = target * 0.5  # a synthesis that keeps half the contrast
+    assert lesion_contrast(half, target, lesion) == [pytest.approx(0.5)]
+    assert lesion_contrast(target, target, lesion) == [pytest.approx(1.0)]
+    vanished = torch.zeros_like(target)
+    assert lesion_contrast(vanished, target, lesion) == [pytest.approx(0.0)]
+
+
+def test_lesion_contrast_ring_and_skips():
+    target = torch.zeros(1, 1, 32, 32)
+    lesion = torch.zeros_like(target)
+    lesion[..., 10:16, 10:16] = 1
+    lesion[..., 25:27, 25:27] = 1  # 4 voxels: below min_voxels, skipped
+    target[lesion > 0] = 1.0
+    pred = target.clone()
+    pred[..., 7:19, 7:19] += 0.2  # the 3-voxel ring and the lesion both brighter: contrast unchanged
+    assert lesion_contrast(pred, target, lesion, ring=3) == [pytest.approx(1.0)]
+    pred_far = target.clone()
+    pred_far[..., 5:7, :] = 5.0  # outside the 3-voxel ring: does not count
+    assert lesion_contrast(pred_far, target, lesion, ring=3) == [pytest.approx(1.0)]
+    flat = torch.zeros_like(target)  # no target contrast: no ratio
+    assert lesion_contrast(flat, flat, lesion) == []
+
+
+def test_masked_psnr():
+    target = torch.zeros(1, 1, 8, 8)
+    pred = target.clone()
+    pred[..., :4, :] = 0.2
+    mask = torch.zeros_like(target)
+    mask[..., :4, :] = 1
+    assert masked_psnr(pred, target, mask) == pytest.approx(10 * math.log10(4 / 0.04))
+    assert math.isnan(masked_psnr(pred, target, torch.zeros_like(mask)))
