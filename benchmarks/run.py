@@ -204,7 +204,7 @@ def markdown(result: dict) -> str:
                      else f"{v[k]:.3f} ± {v[k + '_std']:.3f}"
                      for k in ("psnr_whole", "ssim_whole", "psnr_brain", "ssim_brain", "mae_brain", "psnr_lesion")]
             contrast = "-" if v.get("lesion_contrast") is None else f"{v['lesion_contrast']:.2f} ({v['lesions_scored']})"
-            return (f"| {name} | " + " | ".join(cells) + f" | {contrast} | {v['blockiness']:.3f} | {v.get('steps', '')} "
+            return (f"| {name} | " + " | ".join(cells) + f" | {contrast} | {fmt(v.get('blockiness'))} | {v.get('steps', '')} "
                     f"| {fmt(v.get('train_seconds'))} |")
 
         for name, v in rows.items():
