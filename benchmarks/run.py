@@ -170,7 +170,7 @@ def fmt(v, digits=3):
 def markdown(result: dict) -> str:
     r, g, parts = result, result["goals"], result["parts"]
     notes = {
-        "train_images_per_s": "PHMDiff bundle defaults (S, patches [8,4,2], 3 levels, x0-prediction, r=0.5), batch 8 x 99x117",
+        "train_images_per_s": "PHMDiff bundle defaults (S: hourglass 8/16/32, 8x8-pixel tokens, 3 levels, x0-prediction, r=0.5), batch 8 x 99x117",
         "train_speedup_mask_vs_nomask": "same network, r=0.5 vs r=0",
         "train_speedup_vs_ddpm_unet": "vs DiffusionModelUNet (64,128,128), attention at the lowest level, 2 res blocks",
         "train_gflops_per_s": "FlopCounterMode FLOPs of forward+backward / median step time",
