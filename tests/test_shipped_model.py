@@ -28,7 +28,7 @@ def _load(path: Path) -> torch.Tensor:
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    return float(20 * np.log10(2.0) - 10 * torch.log10(((pred - target) ** 2).mean()))
+    return masked_psnr(pred, target, torch.ones_like(target))
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
