@@ -96,6 +96,11 @@ class SynthesisGridHandler:
             folder = os.path.dirname(os.path.abspath(self.png_path))
             os.makedirs(folder, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".partial-", suffix=".png", delete=False) as tmp:
-                tmp.write(png_bytes(self._grid))
-            os.chmod(tmp.name, 0o644)  # a temporary file is private; the picture is for whoever reads the run
-            os.replace(tmp.name, self.png_path)
+                try:
+                    tmp.write(png_bytes(self._grid))
+                    tmp.close()
+                    os.chmod(tmp.name, 0o644)  # a temporary file is private; the picture is for whoever reads the run
+                    os.replace(tmp.name, self.png_path)
+                except BaseException:  # a full disk or an interrupt leaves no partial file behind
+                    os.unlink(tmp.name)
+                    raise

@@ -104,7 +104,9 @@ class PHMDiffTrainingInferer(Inferer):
                 torch.cat([x_t, sources[level], prior], dim=1), t, level, float(ratios[level])
             )
             # the model's own clean estimate, detached: the next level's prior, made as sampling makes it
-            estimate = convert_prediction(pred.detach(), x_t, a_t, synth.prediction_type, "sample").clamp(-1.0, 1.0)
+            estimate = convert_prediction(pred.detach(), x_t, a_t, synth.prediction_type, "sample")
+            if synth.clip_sample:  # as the sampler clips its x0 estimates
+                estimate = estimate.clamp(-1.0, 1.0)
             regression_target = convert_prediction(noise, x_t, a_t, "epsilon", synth.prediction_type)
             outputs[f"pred_{level}"] = pred
             outputs[f"target_{level}"] = regression_target

@@ -42,7 +42,7 @@ class PHMDiffDenoiser(nn.Module):
     ``DiffusionUNetResnetBlock``), each further entry at half the resolution; the last map is cut into patches of
     ``patch_size`` for the transformer, whose tokens are unpatchified back onto that map; a mirrored decoder with
     skip connections returns to full resolution, where a 3×3 convolution draws the output. So detail below the token
-    size has a pixel path, and the first and last layers learn as fast as a UNet's. An empty ``conv_channels`` is the
+    size has a pixel path. An empty ``conv_channels`` is the
     plain DiT (linear patch embedding and linear unpatchify).
 
     With ``mask_ratio`` r > 0 a random ``round((1 - r) N)`` of the N tokens of each sample is kept and the transformer
