@@ -160,18 +160,17 @@ class PHMDiffStep(_OptimiserStep):
         return self.loss_fn(self.inferer(source, self.synth, target=target), target)
 
     @torch.inference_mode()
-    def predict(self, source: torch.Tensor, seed: int = 0, one_step: bool = False) -> torch.Tensor:
-        """The synthesiser's DDIM sample with sampling seed ``seed``; ``one_step``: one step per level (the x₀
-        estimate at t = T − 1, "regression sampling")."""
+    def predict(self, source: torch.Tensor, seed: int = 0, one_step: bool = False, steps: int | None = None) -> torch.Tensor:
+        """The synthesiser's DDIM sample with sampling seed ``seed`` and ``steps`` steps per level (None: the
+        synthesiser's own); ``one_step``: one step per level (the x₀ estimate at t = T − 1, "regression sampling")."""
         self.synth.eval()
         self.synth.seed = seed
-        steps = self.synth.num_inference_steps
+        own = self.synth.num_inference_steps
         try:
-            if one_step:
-                self.synth.set_num_inference_steps(1)
+            self.synth.set_num_inference_steps(1 if one_step else steps or own)
             return self.synth(source)
         finally:
-            self.synth.set_num_inference_steps(steps)
+            self.synth.set_num_inference_steps(own)
             self.synth.train()
 
 

@@ -9,9 +9,11 @@ Protocol
   * data: the bundle's train.json pipeline unchanged (CacheDataset + load transforms + RandForegroundSlicesd,
     flips, affine, intensity scaling; batches of volumes_per_batch x slices_per_volume = 8 slices of 99x117);
     every row starts from the same seed, so it sees the same batch sequence;
-  * training: AdamW at the bundle's learning_rate, constant (the bundle's warm-up/cosine schedule is tied to an
-    epoch count, which a wall-clock budget does not have), no EMA (at decay 0.999 a short run's EMA is still
-    the initialisation); the clock counts data loading + optimiser steps and stops at the first step that
+  * training: AdamW; the rows built from the bundle (PHMDiff and its ablations, the single-level DiT) at the
+    bundle's learning_rate with its warm-up/cosine schedule laid over the wall-clock budget instead of an epoch
+    count, the baselines (UNet-L1, DDPM UNet) at their own constant rate (a warm-up/cosine schedule left the
+    UNet's background unlearnt after 300 s: whole-image PSNR 15.5 instead of 21.5 dB); no EMA (at decay 0.999 a
+    short run's EMA is still the initialisation); the clock counts data loading + optimiser steps and stops at the first step that
     reaches the budget; evaluations for the learning curve pause it;
   * test: the demo test split (generate_demo_dataset, seed 0), intensities normalised as the bundle does
     (ModalityNormalized: 0.5/99.5 percentiles -> [-1, 1]); axial slices (slice_axis 2); metrics in that
@@ -40,7 +42,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientati
 from monai.utils import set_determinism  # noqa: E402
 
 from custom.data import load_datalist  # noqa: E402
-from custom.metrics import blockiness, lesion_contrast, masked_psnr  # noqa: E402
+from custom.metrics import blockiness, lesion_contrast, masked_psnr, through_plane_ratio  # noqa: E402
 from custom.transforms.spatial import foreground_slice_fractions  # noqa: E402
 
 # The plain DiT of bundle 0.1.x (D=96, 6 + 2 blocks, 8x8 finest patches, linear unpatchify), fixed here so that the
@@ -58,6 +60,8 @@ PHMDIFF_ROWS = {
     "dit_single_level": ({**PLAIN_DIT, "num_levels": 1, "patch_size": [8]}, 0.0, 0.0),
 }
 LEARNED_ROWS = list(PHMDIFF_ROWS) + ["unet_l1", "ddpm_unet"]
+SAMPLE_STEPS = 10  # the table's single sample: 10 DDIM steps per level, whatever the bundle's default
+SWEEP_STEPS = (10, 5, 3, 2, 1)  # DDIM steps per level tried on the shipped weights
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,6 +182,10 @@ def sampling_modes(step, subjects: list[dict], preds: list[torch.Tensor], mean_s
     """The perception/distortion trade-off of a diffusion row: one-step x₀ and the mean of ``mean_seeds`` samples
     (``preds`` is the seed-0 sample); the DDPM baseline gets one-step only (its sampling costs minutes)."""
     out = {"one_step_x0": score(predict_all(step, subjects, one_step=True), subjects)}
+    bundle_steps = int(bc.bundle_parser(bc.INFER_CONFIG)["num_inference_steps"])
+    if isinstance(step, bc.PHMDiffStep) and bundle_steps not in (1, step.synth.num_inference_steps):
+        out["bundle_steps"] = {"num_inference_steps": bundle_steps,
+                               **score(predict_all(step, subjects, steps=bundle_steps), subjects)}
     if mean_seeds > 1 and isinstance(step, bc.PHMDiffStep):
         samples = [preds] + [predict_all(step, subjects, seed=s) for s in range(1, mean_seeds)]
         out["posterior_mean"] = {"seeds": list(range(mean_seeds)),
@@ -193,6 +201,9 @@ def score(preds: list[torch.Tensor], subjects: list[dict], limit: int | None = N
         n = len(p[:limit] if limit else p)
         lesion = s["lesion"][:n] if "lesion" in s else None
         per.append(metrics(p[:n], s["target"][:n], s["mask"][:n], lesion))
+        if n > 2 and np.all(np.diff(s["slices"][:n]) == 1):  # whole volumes (--eval-slices 0): neighbours exist
+            volume = [v[:n].clamp(-1, 1).permute(1, 2, 3, 0)[None] for v in (p, s["target"], s["mask"])]  # (1,1,H,W,N)
+            per[-1]["through_plane_ratio"] = through_plane_ratio(volume[0], volume[1], slice_axis=2, mask=volume[2])
     return summarise(per)
 
 
@@ -266,7 +277,8 @@ def oracle_remap(subjects: list[dict], bins: int = 256) -> dict:
 def build_row(name: str, ddim_steps: int):
     if name in PHMDIFF_ROWS:
         overrides, ratio, mmd = PHMDIFF_ROWS[name]
-        step = bc.PHMDiffStep(bc.make_phmdiff(**overrides), mask_ratio=ratio, mmd_weight=mmd)
+        step = bc.PHMDiffStep(bc.make_phmdiff(**{"num_inference_steps": SAMPLE_STEPS, **overrides}), mask_ratio=ratio,
+                              mmd_weight=mmd)
         return step, {"network": {**bc.bundle_network_config(), **overrides}, "mask_ratio": step.inferer.mask_ratio,
                       "mmd_weight": step.loss_fn.mmd_weight, "learning_rate": bc.bundle_learning_rate()}
     if name == "unet_l1":
@@ -278,12 +290,24 @@ def build_row(name: str, ddim_steps: int):
     raise ValueError(name)
 
 
+def schedule_factor(schedule: str, fraction: float, warmup: float = 0.1) -> float:
+    """Learning-rate multiplier at ``fraction`` of the budget: ``constant``, or ``warmup_cosine`` (the bundle's
+    WarmupCosineSchedule with its warm-up tenth, on elapsed training time instead of steps)."""
+    if schedule == "constant":
+        return 1.0
+    if fraction < warmup:
+        return fraction / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (fraction - warmup) / (1.0 - warmup))))
+
+
 def train_row(name, loader, preprocessing, seed, budget, curve_fracs, curve_eval, ddim_steps) -> tuple[object, dict]:
     set_determinism(seed)
     preprocessing.set_random_state(seed)
     torch.manual_seed(seed)
     step, info = build_row(name, ddim_steps)
     info["params"] = bc.num_params(step.model)
+    schedule = info["schedule"] = "warmup_cosine" if name in PHMDIFF_ROWS else "constant"
+    base_lrs = [group["lr"] for group in step.opt.param_groups]
     it = iter(loader)
     trained, steps, images, losses, curve = 0.0, 0, 0, [], []
     pending = [f * budget for f in curve_fracs]
@@ -294,6 +318,8 @@ def train_row(name, loader, preprocessing, seed, budget, curve_fracs, curve_eval
         except StopIteration:
             it = iter(loader)
             batch = next(it)
+        for group, base_lr in zip(step.opt.param_groups, base_lrs):
+            group["lr"] = base_lr * schedule_factor(schedule, trained / budget)
         source, target = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"], batch["label"]
         target = target.as_tensor() if hasattr(target, "as_tensor") else target
         losses.append(step.train_on(source.float(), target.float()))
@@ -375,6 +401,11 @@ def main() -> None:
         preds = predict_all(step, subjects, seed=0)
         row = {"checkpoint": str(shipped), "network": bc.bundle_network_config(bc.INFER_CONFIG), **score(preds, subjects)}
         row.update(sampling_modes(step, subjects, preds, args.mean_seeds))
+        row["steps_sweep"] = {}
+        for steps in SWEEP_STEPS:
+            start = time.perf_counter()
+            sweep_preds = predict_all(step, subjects, steps=steps)
+            row["steps_sweep"][str(steps)] = {"predict_seconds": time.perf_counter() - start, **score(sweep_preds, subjects)}
         rows["phmdiff_shipped"] = row
     else:
         rows["phmdiff_shipped"] = {"skipped": f"no checkpoint at {shipped}"}

@@ -175,7 +175,8 @@ def markdown(result: dict) -> str:
         "train_speedup_vs_ddpm_unet": "vs DiffusionModelUNet (64,128,128), attention at the lowest level, 2 res blocks",
         "train_gflops_per_s": "FlopCounterMode FLOPs of forward+backward / median step time",
         "train_fraction_of_gemm_peak": "of the fp32 2048^2 torch.matmul peak measured in the same run",
-        "sample_seconds_per_slice": "256x256, 3 levels x 10 DDIM steps",
+        "sample_seconds_per_slice": f"256x256, {parts.get('sample', {}).get('phmdiff_levels', 3)} levels x "
+                                    f"{parts.get('sample', {}).get('phmdiff_steps_per_level', '?')} DDIM steps",
         "sample_speedup_vs_ddpm_unet": "DDPM 1000 steps at 256x256: measured subset of steps, scaled linearly",
         "sample_seconds_per_volume": "197x233x189 1 mm through inference.json (resample to 2 mm, synthesise, invert, write)",
         "sample_seconds_per_volume_native_1mm": "189 slices of 197x233 at 1 mm: one measured batch, extrapolated",
@@ -213,6 +214,11 @@ def markdown(result: dict) -> str:
                 lines.append(row_line(f"{name}, one-step x₀", v["one_step_x0"]))
             if "posterior_mean" in v:
                 lines.append(row_line(f"{name}, mean of {len(v['posterior_mean']['seeds'])} samples", v["posterior_mean"]))
+            if "bundle_steps" in v:
+                lines.append(row_line(f"{name}, {v['bundle_steps']['num_inference_steps']} steps (bundle default)",
+                                      v["bundle_steps"]))
+            for steps, sweep in v.get("steps_sweep", {}).items():
+                lines.append(row_line(f"{name}, {steps} steps ({sweep['predict_seconds']:.0f} s to predict)", sweep))
         lines.append(f"| paper, BraTS T1→T2 (other data) | {PAPER['psnr']} ± {PAPER['psnr_std']} | "
                      f"{PAPER['ssim']} ± {PAPER['ssim_std']} |" + " |" * 8)
         lines += ["", "| quality goal | value | goal | met |", "| --- | ---: | --- | --- |"]

@@ -52,7 +52,13 @@ def pipeline(with_reader: bool = True):
 
 def runner(inp, out, with_reader=True, **kwargs):
     pre, post = pipeline(with_reader)
+    kwargs = {**FIXTURE_LIMITS, **kwargs}
     return DicomBatchSynthesis(inp, out, pre, SimpleInferer(), AffineStandIn(), post, **kwargs)
+
+
+#: The fixtures are a coarse crop of the MNI brain (24x28 voxels, a 29 mm field of view), under the limits for
+#: real data (tests/test_dicom_eligibility.py checks those).
+FIXTURE_LIMITS = {"min_matrix": 16, "min_fov_mm": 20.0}
 
 
 class TestDicomBatchSynthesis(unittest.TestCase):
@@ -134,7 +140,9 @@ class TestDicomBatchSynthesis(unittest.TestCase):
             arr, meta = reader.get_data(reader.read([str(f) for f in files]))
             v = info["values"]
             expected = 2.0 * (v - v.min()) / (v.max() - v.min()) + 1.0  # stand-in applied after ScaleIntensity
-            self.assertLessEqual(np.abs(arr - expected).max(), float(w[0].RescaleSlope) / 2 + 1e-4)
+            rwvm = w[0].RealWorldValueMappingSequence[0]  # MR: stored values, mapped to the synthesis here
+            slope, intercept = float(rwvm.RealWorldValueSlope), float(rwvm.RealWorldValueIntercept)
+            self.assertLessEqual(np.abs(arr * slope + intercept - expected).max(), slope / 2 + 1e-4)
             np.testing.assert_allclose(meta["affine"][:3], reader.get_data(reader.read(info["files"]))[1]["affine"][:3],
                                        atol=1e-4)
 
@@ -180,13 +188,17 @@ class TestDicomBatchOptions(unittest.TestCase):
         self.assertEqual([p for p in out.iterdir() if p.name.startswith(".")], [])
 
     def test_description_pattern_and_modality(self):
-        r = runner(self.tmp / "in", self.tmp / "o1", series_description_pattern="^t2").run()
-        self.assertEqual(r[0].status, "skipped")
-        self.assertIn("does not match", r[0].reason)
+        r = runner(self.tmp / "in", self.tmp / "o1", series_description_pattern="^t2")
+        with self.assertRaisesRegex(SystemExit, "found no eligible MR series"):  # nothing to do: not a success
+            r.run()
+        self.assertEqual(r.records[0].status, "skipped")
+        self.assertIn("does not match", r.records[0].reason)
         r = runner(self.tmp / "in", self.tmp / "o2", series_description_pattern="flair").run()
         self.assertEqual(r[0].status, "written")
-        r = runner(self.tmp / "in", self.tmp / "o3", source_modality="CT").run()
-        self.assertEqual(r[0].status, "skipped")
+        r = runner(self.tmp / "in", self.tmp / "o3", source_modality="CT")
+        with self.assertRaisesRegex(SystemExit, "found no eligible CT series"):
+            r.run()
+        self.assertEqual(r.records[0].status, "skipped")
 
     def test_failure_leaves_nothing_partial(self):
         pre, _ = pipeline()
@@ -194,7 +206,7 @@ class TestDicomBatchOptions(unittest.TestCase):
         pre.transforms = (*pre.transforms, Orientationd(keys="image", axcodes="PLS"))
         with self.assertRaises(SystemExit):
             DicomBatchSynthesis(
-                self.tmp / "in", self.tmp / "out", pre, SimpleInferer(), AffineStandIn(), bad_post
+                self.tmp / "in", self.tmp / "out", pre, SimpleInferer(), AffineStandIn(), bad_post, **FIXTURE_LIMITS
             ).run()
         report = json.loads((self.tmp / "out" / "report.json").read_text())
         self.assertEqual(report["series"][0]["status"], "failed")

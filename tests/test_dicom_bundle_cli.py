@@ -32,7 +32,9 @@ class TestDicomBundleRun(unittest.TestCase):
             configs = [str(CONFIGS / "inference.json"), str(CONFIGS / "inference_dicom.json")]
             cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
                    "--input_dir", str(tmp / "in"), "--output_dir", str(tmp / "out"),
-                   "--network_def", "$torch.nn.Identity()", "--ckpt_path", str(tmp / "empty.pt")]
+                   "--network_def", "$torch.nn.Identity()", "--ckpt_path", str(tmp / "empty.pt"),
+                   # the fixtures are a 24x28 crop, a 29 mm field of view: under the limits for real data
+                   "--dicom_synthesis#min_matrix", "16", "--dicom_synthesis#min_fov_mm", "20"]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
             self.assertEqual(proc.returncode, 1, proc.stderr[-3000:])

@@ -74,7 +74,7 @@ class TestDicomSeriesWriter(unittest.TestCase):
             self.assertEqual(w.file_meta.MediaStorageSOPClassUID, w.SOPClassUID)
             self.assertEqual(w.file_meta.MediaStorageSOPInstanceUID, w.SOPInstanceUID)
             self.assertEqual(w.file_meta.TransferSyntaxUID, pydicom.uid.ExplicitVRLittleEndian)
-            self.assertEqual(list(w.ImageType), ["DERIVED", "SECONDARY"])
+            self.assertEqual(list(w.ImageType), ["DERIVED", "SECONDARY", "OTHER"])
             self.assertIn("SYNTHETIC", w.SeriesDescription)
             self.assertIn("NOT FOR DIAGNOSTIC USE", w.SeriesDescription)
             self.assertIn(src["series_uid"], w.DerivationDescription)
@@ -90,15 +90,27 @@ class TestDicomSeriesWriter(unittest.TestCase):
             self.assertAlmostEqual(float(w.SliceThickness), float(s.SliceThickness))
             self.assertEqual((w.BitsAllocated, w.BitsStored, w.HighBit, w.SamplesPerPixel), (16, 16, 15, 1))
         self.assertEqual(written[0].PatientID, PATIENT_ID)
-        slope = float(written[0].RescaleSlope)
-        # our reader and ITK on the output folder: same grid, values within rescale rounding
+        # MR: no Modality LUT (viewers ignore it for MR); stored values map to the synthesis by the real world value
+        # mapping, and the window is in stored units
+        self.assertNotIn("RescaleSlope", written[0])
+        self.assertNotIn("RescaleIntercept", written[0])
+        rwvm = written[0].RealWorldValueMappingSequence[0]
+        slope, intercept = float(rwvm.RealWorldValueSlope), float(rwvm.RealWorldValueIntercept)
+        stored = np.stack([w.pixel_array for w in written])
+        self.assertGreater(stored.max(), 1000)  # quantised finely, not rounded to the synthesis's units
+        self.assertEqual((rwvm.RealWorldValueFirstValueMapped, rwvm.RealWorldValueLastValueMapped),
+                         (stored.min(), stored.max()))
+        lo, hi = np.percentile(stored, [1, 99])
+        self.assertAlmostEqual(float(written[0].WindowCenter), (lo + hi) / 2, delta=1)
+        self.assertAlmostEqual(float(written[0].WindowWidth), hi - lo, delta=1)
+        # our reader and ITK on the output folder: same grid, stored values within rounding of the mapped synthesis
         reader = DicomSeriesReader()
         arr, meta = reader.get_data(reader.read([str(f) for f in out]))
         np.testing.assert_allclose(meta["affine"], pred.affine.numpy(), atol=1e-4)
-        self.assertLessEqual(np.abs(arr - pred[0].numpy()).max(), slope / 2 + 1e-4)
+        self.assertLessEqual(np.abs(arr * slope + intercept - pred[0].numpy()).max(), slope / 2 + 1e-4)
         itk = LoadImage(reader="ITKReader", image_only=True)(str(self.tmp / "out"))
         np.testing.assert_allclose(itk.affine.numpy(), pred.affine.numpy(), atol=1e-3)
-        self.assertLessEqual(np.abs(itk.numpy() - pred[0].numpy()).max(), slope / 2 + 1e-3)
+        self.assertLessEqual(np.abs(itk.numpy() * slope + intercept - pred[0].numpy()).max(), slope / 2 + 1e-3)
 
     def test_ct_target_from_pydicom_ct5n(self):
         files = ct5n_files()
@@ -112,7 +124,8 @@ class TestDicomSeriesWriter(unittest.TestCase):
         self.assertEqual(w.Modality, "CT")
         self.assertEqual(w.RescaleType, "HU")
         self.assertIn("RescaleIntercept", w)
-        self.assertEqual(list(w.ImageType)[:2], ["DERIVED", "SECONDARY"])
+        self.assertEqual(list(w.ImageType), ["DERIVED", "SECONDARY", "AXIAL"])
+        self.assertNotIn("RealWorldValueMappingSequence", w)
         back, _ = reader.get_data(reader.read([str(f) for f in out]))
         np.testing.assert_array_equal(back, pred[0].numpy())  # integers: exact
 

@@ -24,6 +24,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import MetaTensor
 
 from custom.data import DatasetError
+from custom.engines import SynthesisError
 from custom.handlers import CheckpointError, bundle_error
 from custom.transforms import ImageCheckError, ImageReadError, OutputExistsError, OutputWriteError, SafeSaveImage
 from custom.transforms.io import PARTIAL_MARKER
@@ -73,9 +74,10 @@ def output(tmp_path) -> Path:
     return folder
 
 
-def assert_nothing_written(folder: Path) -> None:
+def assert_nothing_written(folder: Path, report: bool = False) -> None:
+    """Only the user's file is there (and, after a run that reached its inputs, the run's ``report.json``)."""
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    assert files == ["keep.nii.gz"], files
+    assert files == (["keep.nii.gz", "report.json"] if report else ["keep.nii.gz"]), files
     assert (folder / "keep.nii.gz").read_bytes() == b"user data"
 
 
@@ -135,11 +137,14 @@ BAD_IMAGES = [
 
 @pytest.mark.parametrize("kind, error, message", BAD_IMAGES, ids=[c[0] for c in BAD_IMAGES])
 def test_bad_image_is_named_and_nothing_written(tmp_path, output, checkpoint, kind, error, message):
+    """A bad image fails its own report row, named with the reason; the run ends with a summary error."""
     path = bad_nifti(kind, tmp_path / "data")
     found = failure(infer, tmp_path / "data", output, checkpoint)
-    assert isinstance(found, error)
-    assert str(path) in str(found) and message in str(found), str(found)
-    assert_nothing_written(output)
+    assert isinstance(found, SynthesisError) and "1 failed" in str(found), str(found)
+    (row,) = json.loads((output / "report.json").read_text())["images"]
+    assert row["status"] == "failed" and row["input"] == str(path), row
+    assert row["reason"].startswith(f"{error.__name__}: ") and str(path) in row["reason"] and message in row["reason"], row
+    assert_nothing_written(output, report=True)
 
 
 def test_missing_input_file_is_named(tmp_path, output, checkpoint):
@@ -236,9 +241,10 @@ def test_inference_writes_once_and_refuses_to_overwrite(one_scan, output, checkp
     image = nib.load(str(written))
     assert image.shape == (10, 12, 8) and np.allclose(image.affine, AFFINE) and np.isfinite(image.get_fdata()).all()
     first, inode = written.read_bytes(), written.stat().st_ino
-    found = failure(infer, one_scan, output, checkpoint)
-    assert isinstance(found, OutputExistsError) and str(written) in str(found) and "overwrite" in str(found)
-    assert written.read_bytes() == first
+    infer(one_scan, output, checkpoint)  # skipped, before any synthesis, and reported so
+    (row,) = json.loads((output / "report.json").read_text())["images"]
+    assert row["status"] == "skipped" and "overwrite" in row["reason"] and row["output"] == str(written), row
+    assert written.read_bytes() == first and written.stat().st_ino == inode
     infer(one_scan, output, checkpoint, overwrite=True)  # explicitly allowed: replaced (a new file renamed in)
     assert written.stat().st_ino != inode and nib.load(str(written)).shape == (10, 12, 8)
     assert not [p for p in output.iterdir() if PARTIAL_MARKER in p.name]
@@ -262,9 +268,11 @@ def test_full_disk_leaves_no_partial_output(one_scan, output, checkpoint, monkey
 
     monkeypatch.setattr(nib, "save", failing_save)
     found = failure(infer, one_scan, output, checkpoint)
-    assert isinstance(found, OutputWriteError)
-    assert str(output / "scan_synth.nii.gz") in str(found) and "No space left on device" in str(found)
-    assert_nothing_written(output)
+    assert isinstance(found, SynthesisError)
+    (row,) = json.loads((output / "report.json").read_text())["images"]
+    assert row["reason"].startswith("OutputWriteError: ") and str(output / "scan_synth.nii.gz") in row["reason"]
+    assert "No space left on device" in row["reason"], row
+    assert_nothing_written(output, report=True)
 
 
 def test_safe_saver_unit(tmp_path, monkeypatch):
@@ -301,9 +309,10 @@ def test_cli_error_is_one_clear_last_line(tmp_path, output, checkpoint):
     )  # fmt: skip
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last == f"ImageCheckError: '{path}' has 1 NaN or infinite voxels.", result.stderr[-2000:]
+    assert last.startswith("SynthesisError: NIfTI synthesis: 1 images, 0 written, 0 skipped, 1 failed (first: "), last
+    assert f"ImageCheckError: '{path}' has 1 NaN or infinite voxels." in last, result.stderr[-2000:]
     assert "Traceback" not in result.stdout + result.stderr, result.stdout[-3000:]
-    assert_nothing_written(output)
+    assert_nothing_written(output, report=True)
 
 
 class Payload:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from custom.metrics import blockiness, lesion_contrast, masked_psnr
+from custom.metrics import blockiness, lesion_contrast, masked_psnr, through_plane_ratio
 
 
 def _smooth_image(size: int = 48) -> torch.Tensor:
@@ -88,3 +88,29 @@ def test_masked_psnr():
     mask[..., :4, :] = 1
     assert masked_psnr(pred, target, mask) == pytest.approx(10 * math.log10(4 / 0.04))
     assert math.isnan(masked_psnr(pred, target, torch.zeros_like(mask)))
+
+
+def test_through_plane_ratio_is_one_for_the_target_and_high_for_stripes():
+    """Slices given independent offsets (what slice-by-slice synthesis without shared context does) are stripes in
+    the other two planes; by hand: offsets of +/- a on alternating slices add 2a to every through-plane step."""
+    d = torch.linspace(0, 4, 24)
+    target = (torch.sin(d)[:, None, None] + torch.cos(d)[None, :, None] + torch.sin(0.5 * d)[None, None, :])[None, None]
+    assert through_plane_ratio(target, target) == pytest.approx(1.0)
+    a = 0.3
+    stripes = target + a * (2 * (torch.arange(24) % 2) - 1).float().reshape(1, 1, 1, 1, 24)
+    def steps(v, axis):  # mean |neighbour difference| along one spatial axis
+        return (v.narrow(axis, 1, 23) - v.narrow(axis, 0, 23)).abs().mean()
+    expected = (steps(stripes, 4) / ((steps(stripes, 2) + steps(stripes, 3)) / 2)) / (
+        steps(target, 4) / ((steps(target, 2) + steps(target, 3)) / 2))
+    assert through_plane_ratio(stripes, target, slice_axis=2) == pytest.approx(float(expected), rel=1e-5)
+    assert through_plane_ratio(stripes, target, slice_axis=2) > 2
+    # along another axis the stripes are in-plane: the ratio drops below 1
+    assert through_plane_ratio(stripes, target, slice_axis=0) < 1
+    # a mask restricts the differences to the region
+    mask = torch.zeros_like(target)
+    mask[..., :12] = 1
+    assert through_plane_ratio(stripes, target, mask=mask) > 2
+    with pytest.raises(ValueError, match="volumes"):
+        through_plane_ratio(target[..., 0], target[..., 0])
+    with pytest.raises(ValueError, match="no neighbouring voxels"):
+        through_plane_ratio(stripes, target, mask=torch.zeros_like(target))

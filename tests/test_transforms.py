@@ -146,3 +146,23 @@ def test_resample_to_spacing_keeps_plain_entries_beside_a_nifti(tmp_path):
     out = ResampleToSpacingd("image", pixdim=(2.0, 2.0, 2.0))(data)
     assert out["image"].shape == (1, 6, 6, 4) and out["image_path"] == path
     assert np.allclose(out["image"].pixdim, (2.0, 2.0, 2.0))
+
+
+def test_background_from_source_blanks_only_what_lies_far_from_signal():
+    """Empty slices above the anatomy get the background value; the anatomy, its margin and a dark hole inside it
+    (ventricles in a FLAIR) keep the synthesis; the metadata that Invertd needs stays."""
+    from monai.data import MetaTensor
+
+    from custom.transforms import BackgroundFromSourced
+
+    source = -torch.ones(1, 20, 20, 20)
+    source[:, 5:15, 5:15, 2:10] = 0.5  # the anatomy fills slices 2..9
+    source[:, 9:11, 9:11, 5:7] = -1.0  # a dark hole inside it
+    pred = MetaTensor(torch.rand(1, 20, 20, 20), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    out = BackgroundFromSourced(keys="pred", margin=2)({"image": source, "pred": pred})["pred"]
+    assert isinstance(out, MetaTensor) and torch.equal(out.affine, pred.affine)
+    assert torch.equal(out[:, 5:15, 5:15, 0:12], pred[:, 5:15, 5:15, 0:12])  # anatomy, hole, margin along z
+    assert torch.equal(out[:, 3:17, 5:15, 2:10], pred[:, 3:17, 5:15, 2:10])  # margin along x
+    assert (out[:, :, :, 12:] == -1).all() and (out[:, :3] == -1).all()  # beyond the margin
+    with pytest.raises(ValueError, match="differ in size"):
+        BackgroundFromSourced(keys="pred")({"image": source, "pred": pred[:, :10]})

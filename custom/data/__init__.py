@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from .datalist import IMAGE_SUFFIXES, DatasetError, find_images, load_datalist, prepare_dataset
+from .dataset import ERROR_KEY, INELIGIBLE_KEY, TolerantDataset
 
 _LAZY = {
     "demo": ("CONTRASTS", "SPLITS", "DATALIST_NAME", "RECORD_NAME", "MASK_NAME", "LESION_NAME", "generate_demo_dataset"),
@@ -34,6 +35,9 @@ __all__ = [
     "find_images",
     "load_datalist",
     "prepare_dataset",
+    "ERROR_KEY",
+    "INELIGIBLE_KEY",
+    "TolerantDataset",
     # demo data and its simulation
     *_LAZY["demo"],
     *_LAZY["simulation"],

@@ -116,15 +116,20 @@ def load_datalist(
 
 
 def find_images(
-    dataset_dir: str | os.PathLike, datalist_name: str = "datalist.json", data_list_key: str = "test"
+    dataset_dir: str | os.PathLike,
+    datalist_name: str = "datalist.json",
+    data_list_key: str = "test",
+    exclude: str | os.PathLike | None = None,
 ) -> list[dict]:
     """Inputs for inference: the ``image`` entries of the folder's datalist list ``data_list_key`` if it has one,
-    else every image file below the folder (sorted), each as ``{"image": path}``.
+    else every image file below the folder (sorted) except those below ``exclude``, each as ``{"image": path}``.
 
     Args:
         dataset_dir: config id ``dataset_dir``; a folder, or a single image file.
         datalist_name: datalist file name looked for inside the folder.
         data_list_key: which datalist list to run on.
+        exclude: a folder whose files a folder scan skips: config id ``output_dir``, so that the outputs of an
+            earlier run into a subfolder are not taken as inputs; a scan of that very folder is refused.
     """
     root = Path(dataset_dir)
     if root.is_file():
@@ -134,7 +139,20 @@ def find_images(
     datalist = root / datalist_name
     if datalist.is_file():
         return [{"image": e["image"]} for e in load_datalist(datalist, data_list_key, required_keys=("image",))]
-    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    skipped = None
+    if exclude is not None and Path(exclude).resolve().is_relative_to(root.resolve()):
+        skipped = Path(exclude).resolve().relative_to(root.resolve())
+        if skipped == Path():
+            raise DatasetError(
+                f"output_dir='{exclude}' is dataset_dir: the outputs would be found as inputs by the next run; "
+                f"choose another output folder, or list the inputs in '{datalist}'."
+            )
+    files = sorted(
+        str(p)
+        for p in root.rglob("*")
+        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+        and not (skipped and p.relative_to(root).is_relative_to(skipped))
+    )  # fmt: skip
     if not files:
         raise DatasetError(f"dataset_dir='{dataset_dir}' holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
     return [{"image": f} for f in files]

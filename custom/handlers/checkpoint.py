@@ -51,14 +51,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found:
+        found = re.search(r"\bGLOBAL (\S+)", str(err))  # torch words it "Unsupported global: GLOBAL io.open ..."
+        if found:  # or "Trying to load unsupported GLOBAL posix.system whose module posix is blocked"
             raise CheckpointError(
-                f"checkpoint '{path}' was refused: it holds a pickled Python object ({found.group(1)}) besides tensors "
-                "and plain types, which could run code when loaded; only tensors-only checkpoints (weights_only=True) "
-                "are accepted. Re-save a plain state_dict from a trusted copy."
+                f"checkpoint '{path}' was refused as unsafe: it holds a pickled Python object ({found.group(1)}) "
+                "besides tensors and plain types, which could run code when loaded; only tensors-only checkpoints "
+                "(weights_only=True) are accepted. Re-save a plain state_dict from a trusted copy."
             ) from None
-        reason = str(err).strip().splitlines()[-1].strip()
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in reversed(lines) if not line.startswith("Check the documentation")), "")
         raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch checkpoint ({reason}).") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -1,24 +1,36 @@
 """Batch synthesis over a folder tree of DICOM series, with a per-series report.
 
 ``DicomBatchSynthesis(...).run()`` finds every series under ``input_dir`` (recursively, any file names, several
-series per folder, DICOMDIR ignored), selects the ones matching the source modality (and optionally a
-SeriesDescription regex), and for each one runs ``preprocessing`` -> ``inferer(network)`` -> ``postprocessing``
-and writes the result as a derived DICOM series into its own folder under ``output_dir``. ``report.json`` and
-``report.csv`` list every series found with its status (written / skipped / failed), the reason, the output
-folder and the seconds spent. Patient names, IDs and birth dates never reach the report, the log or the exit
-message: they are redacted from every message, including file paths.
+series per folder, DICOMDIR ignored; regular files only, symlinked folders and ``output_dir`` are not searched),
+selects the ones matching the source modality (and optionally a SeriesDescription regex), never one this software
+wrote, and for each one runs ``preprocessing`` -> ``inferer(network)`` -> ``postprocessing`` and writes the result
+as a derived DICOM series into its own folder under ``output_dir``, named ``<target>_s<SeriesNumber>_<hash>``
+(e.g. ``t2w_s0003_1a2b3c4d``, the hash being the first 8 hex digits of the SHA-256 of the SeriesInstanceUID).
+``report.json`` and ``report.csv`` list every series found with its status (written / skipped / failed), the
+reason, the output folder and the seconds spent. Patient names, IDs and birth dates never reach the report, the
+log or the exit message: they are redacted from paths and free text (never from UIDs, SOP class names or the
+output folder names, which hold none), and pydicom's own warnings, which quote tag values, are silenced during a
+run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
+import errno
+import fcntl
+import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,23 +38,53 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.transforms import Compose, LoadImage, LoadImaged, SaveImage, SaveImaged
+from monai.utils import MetaKeys
 from pydicom import Dataset
 from pydicom.uid import UID
 
-from .geometry import IMAGE_SOP_CLASSES, DicomSeriesError
-from .reader import DicomSeriesReader, is_dicomdir, read_dicom_header
+from ..bundle import as_flag
+from ..engines.evaluator import FAILED, SKIPPED, WRITTEN, sigterm_interrupts
+from ..handlers.errors import describe_error
+from ..transforms.io import remove_stale_partials, write_text_atomic
+from .eligibility import (
+    MAX_SKULL_FRACTION,
+    MIN_FOV_MM,
+    MIN_MATRIX,
+    THIN_SLAB_SLICES,
+    field_of_view_problem,
+    head_problem,
+    series_problem,
+)
+from .geometry import IMAGE_SOP_CLASSES, DicomSeriesError, SeriesGeometry, acquisition_axis, series_geometry
+from .reader import DicomSeriesReader, SeriesInstances, is_dicomdir, read_dicom_header, read_instances
 from .writer import DicomSeriesWriter
 
-__all__ = ["DicomBatchSynthesis", "SeriesRecord", "FoundSeries", "find_dicom_series", "without_savers", "Redactor"]
+__all__ = [
+    "DicomBatchSynthesis", "SeriesRecord", "FoundSeries", "find_dicom_series", "without_savers", "Redactor",
+    "HEADER_TAGS",
+]
 
 logger = logging.getLogger(__name__)
 
-WRITTEN, SKIPPED, FAILED = "written", "skipped", "failed"
+_PARTIAL = ".partial-"  # temporary series folders in output_dir; what a killed run left is swept
+_PARTIAL_FOLDER = re.compile(re.escape(_PARTIAL) + "[a-z0-9_]{8}")  # the names tempfile.mkdtemp(prefix=_PARTIAL) gives
+_LOCK = ".dicom-synthesis.lock"
+_PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientNames", "OtherPatientIDs")
+
+#: The header elements discovery keeps per file (grouping, selection and eligibility, folder name, report, redaction,
+#: the check for series this software wrote); the rest is skipped unread. The writer gets the whole header of one
+#: series at a time.
+HEADER_TAGS = (
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
+    "NumberOfFrames", "ImageType", "ComplexImageComponent", "Rows", "Columns", "ImageOrientationPatient",
+    "ImagePositionPatient", "StudyInstanceUID", "StudyDate", "StudyDescription",
+    "ManufacturerModelName", "SoftwareVersions", "DerivationDescription", *_PATIENT_TAGS,
+)
 
 
 @dataclass
 class FoundSeries:
-    """The header-only datasets and files of one SeriesInstanceUID found under the input folder."""
+    """The header datasets (:data:`HEADER_TAGS` only) and files of one SeriesInstanceUID found under the input folder."""
 
     uid: str
     headers: list[Dataset]
@@ -79,26 +121,64 @@ class SeriesRecord:
     output_folder: str = ""
     source_folder: str = ""
     seconds: float = 0.0
+    study_instance_uid: str = ""  # groups the rows of one study
+    study_date: str = ""
+    study_description: str = ""
+    series_number: str = ""
 
 
-def find_dicom_series(root: str | os.PathLike) -> tuple[list[FoundSeries], list[tuple[str, str]], int]:
-    """Group the DICOM files under ``root`` (recursively) by SeriesInstanceUID, reading headers only.
+_FREE_TEXT = ("series_description", "study_description", "reason", "source_folder")  # may hold patient data: redacted
+
+
+def _inode(path: str | os.PathLike) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def find_dicom_series(
+    root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()
+) -> tuple[list[FoundSeries], list[tuple[str, str]], int, list[tuple[str, str]]]:
+    """Group the DICOM files under ``root`` (recursively) by SeriesInstanceUID, reading :data:`HEADER_TAGS` only.
+
+    Only regular files are read (a FIFO or a link to a device is passed over); symlinked folders and the folders in
+    ``exclude`` (e.g. the output folder) are not searched.
 
     Returns:
         (series sorted by UID, [(file, problem)] for files that announce DICOM but cannot be parsed or lack a
-        SeriesInstanceUID, number of non-DICOM files ignored).
+        SeriesInstanceUID, number of non-DICOM files ignored, [(path, why)] for what was passed over unread).
     """
+    excluded = {_inode(p) for p in exclude} - {None}
     groups: dict[str, FoundSeries] = {}
     problems: list[tuple[str, str]] = []
+    passed: list[tuple[str, str]] = []
     ignored = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+
+    def not_readable(err: OSError) -> None:
+        passed.append((str(err.filename), f"folder not readable ({err.strerror or type(err).__name__})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=not_readable):
+        kept = []
+        for name in sorted(dirnames):
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                passed.append((path, "symlinked folder, not followed"))
+            elif _inode(path) not in excluded:
+                kept.append(name)
+        dirnames[:] = kept
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             if is_dicomdir(path):
                 continue
             try:
-                ds = read_dicom_header(path)
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    passed.append((path, "not a regular file"))
+                    continue
+                ds = read_dicom_header(path, HEADER_TAGS)
+                for tag in HEADER_TAGS if ds is not None else ():
+                    str(ds.get(tag, ""))  # decode now: a malformed value is this file's problem, not the run's
             except Exception as e:
                 problems.append((path, f"unreadable DICOM file ({type(e).__name__}: {e})"))
                 continue
@@ -111,13 +191,18 @@ def find_dicom_series(root: str | os.PathLike) -> tuple[list[FoundSeries], list[
                 continue
             groups.setdefault(uid, FoundSeries(uid, [], [])).headers.append(ds)
             groups[uid].files.append(path)
-    return [groups[k] for k in sorted(groups)], problems, ignored
+    return [groups[k] for k in sorted(groups)], problems, ignored, passed
 
 
 class Redactor:
-    """Removes patient names, IDs and birth dates seen in the headers from any text (case-insensitive)."""
+    """Removes patient names, IDs and birth dates seen in the headers from any text (case-insensitive).
 
-    _TAGS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientNames", "OtherPatientIDs")
+    UIDs in the text (``1.2.840...``) are left whole, so a PatientID "12" does not cut them up; a UID-shaped
+    token that is itself a patient value (a PatientID "1.7.55") is redacted.
+    """
+
+    _TAGS = _PATIENT_TAGS
+    _UID = r"(?<![\w.])[012](?:\.\d+)+(?!\w|\.\d)"
 
     def __init__(self):
         self._words: set[str] = set()
@@ -140,8 +225,17 @@ class Redactor:
             return text
         if self._regex is None:
             alts = "|".join(re.escape(w) for w in sorted(self._words, key=len, reverse=True))
-            self._regex = re.compile(rf"(?<![0-9A-Za-z])(?:{alts})(?![0-9A-Za-z])", re.IGNORECASE)
-        return self._regex.sub("[redacted]", text)
+            self._regex = re.compile(rf"({self._UID})|(?<![0-9A-Za-z])(?:{alts})(?![0-9A-Za-z])", re.IGNORECASE)
+        return self._regex.sub(self._replace, text)
+
+    def _replace(self, match: re.Match) -> str:
+        uid = match.group(1)  # a UID is kept whole, unless it is itself a patient value
+        return uid if uid is not None and uid not in self._words else "[redacted]"
+
+
+def _printable(text: str) -> str:
+    """``text`` without control characters or line breaks, so a value read from a file cannot forge log lines."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", "?", text)
 
 
 def without_savers(postprocessing: Callable) -> Compose:
@@ -150,22 +244,61 @@ def without_savers(postprocessing: Callable) -> Compose:
     return Compose([t for t in transforms if not isinstance(t, (SaveImage, SaveImaged))])
 
 
-def _error_message(e: BaseException) -> str:
-    """The most specific message in an exception chain (MONAI's Compose wraps errors in RuntimeError)."""
-    chain, seen = [], set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    for exc in chain:
-        if isinstance(exc, DicomSeriesError):
-            return str(exc)
-    inner = chain[-1]
-    return f"{type(inner).__name__}: {inner}"
-
-
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "series"
+
+
+# ------------------------------------------------------------------------------------------- run guards
+def _lock(folder: Path) -> int:
+    """Hold ``folder/.dicom-synthesis.lock`` (``flock``) for the run; ``SystemExit`` when another run holds it."""
+    path = folder / _LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise SystemExit(f"output_dir {folder} is not writable ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SystemExit(f"output_dir {folder} is in use by another DICOM synthesis run ({_LOCK})") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        os.close(fd)  # the previous holder removed the file as it ended: lock the one there now
+
+
+def _unlock(folder: Path, fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(folder / _LOCK)  # while still held, so no other run locks a file that is about to go
+    os.close(fd)
+
+
+def _sweep(folder: Path) -> None:
+    """Remove what killed runs left in ``folder`` itself (temporary series folders, which hold patient data, and
+    report files); only names a run creates, nothing below them (``input_dir`` may lie there). Called under the
+    lock: no other run is writing there."""
+    remove_stale_partials(folder)
+    for p in folder.iterdir():
+        if _PARTIAL_FOLDER.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _drop(_record: logging.LogRecord) -> bool:
+    return False
+
+
+@contextlib.contextmanager
+def _pydicom_silenced():
+    """pydicom's warnings quote tag values ("Invalid value for VR DA: '<birth date>'"): none reach the console."""
+    pydicom_logger = logging.getLogger("pydicom")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="pydicom")
+        pydicom_logger.addFilter(_drop)
+        try:
+            yield
+        finally:
+            pydicom_logger.removeFilter(_drop)
 
 
 class DicomBatchSynthesis:
@@ -178,10 +311,33 @@ class DicomBatchSynthesis:
     The first ``LoadImage(d)`` in ``preprocessing`` gets a :class:`DicomSeriesReader` registered (it is then
     tried first and claims only DICOM inputs, so the same Compose still loads NIfTI).
 
-    Each series is written into a temporary folder inside ``output_dir`` and renamed into place when complete;
-    an existing output folder is left alone (reported as skipped) unless ``overwrite``. A series that cannot be
-    processed is reported as failed and the rest still run; after the report is written, ``run`` raises
-    ``SystemExit`` with a one-line summary when any series failed.
+    A run holds a lock file in ``output_dir`` (a second run into the same folder stops with one line) and first
+    removes the temporary folders that killed runs left there. Each series is written into a temporary folder
+    inside ``output_dir`` and renamed into place when complete; the rename is the check, so an existing output
+    folder, even one another process wrote meanwhile, is left alone (reported as skipped) unless ``overwrite``.
+    A series that cannot be processed is reported as failed and the rest still run; a series whose folder holds
+    unreadable DICOM files is written with a reason saying it may lack slices. Several files of one SOP instance
+    (archives hold byte copies, some truncated) count once: the first readable copy is used, the others get rows
+    of their own (skipped), and a file of which no copy is readable gets a failed row while the series is written
+    from the rest when its geometry is complete.
+
+    Eligibility (:mod:`custom.io.eligibility`): a series the model cannot take is reported as skipped with the
+    reason, not as failed: ImageType mosaic, phase, projection or localizer; several orientations (tri-plane
+    localizer) or several images per slice position (echoes, time points, diffusion); fewer than ``min_matrix``
+    rows or columns; an in-plane field of view under ``min_fov_mm``; for MR, a whole head with skull (the model
+    is trained on skull-stripped brains; :func:`~custom.io.eligibility.head_problem`).
+
+    Slicing plane: a source of at least ``thin_slab_slices`` slices goes to the inferer as configured (the bundle's
+    ``slice_axis`` 2, axial slices after RAS reorientation: the plane the model is trained on). A single slice or
+    a thinner slab, whatever its orientation, is sliced along its own acquisition plane: an inferer with a
+    ``spatial_dim`` (MONAI's ``SliceInferer``) is copied with ``spatial_dim`` = the axis, after preprocessing,
+    closest to the source's slice normal (:func:`~custom.io.geometry.acquisition_axis`; e.g. 0 for sagittal
+    slices in RAS), so the network sees whole acquired slices rather than one-pixel strips.
+
+    After the report is written, ``run`` raises ``SystemExit`` with a one-line summary when any series failed,
+    when no series was eligible (nothing to synthesise: e.g. a CT-only archive for an MR source), or when the run
+    was interrupted (SIGINT or SIGTERM). ``output_dir`` may lie inside ``input_dir`` (it is not searched) but may
+    not be it.
 
     Args:
         input_dir: folder tree to search.
@@ -196,6 +352,12 @@ class DicomBatchSynthesis:
         target_description: the synthesised contrast, e.g. ``"T2w"``.
         overwrite: replace existing output series folders.
         save_nifti: also write ``output_dir/nifti/<folder>_source.nii.gz`` and ``..._synthetic.nii.gz``.
+        min_matrix: smallest number of rows and of columns (:data:`~custom.io.eligibility.MIN_MATRIX`).
+        min_fov_mm: smallest in-plane field of view in mm (:data:`~custom.io.eligibility.MIN_FOV_MM`).
+        max_skull_fraction: largest skull shell fraction of an MR source
+            (:data:`~custom.io.eligibility.MAX_SKULL_FRACTION`); ``None`` synthesises whole heads too.
+        thin_slab_slices: sources with fewer slices are sliced along their acquisition plane
+            (:data:`~custom.io.eligibility.THIN_SLAB_SLICES`).
         device: where the network runs; defaults to the device of the network's first parameter (or CPU).
         image_key, pred_key: the data keys.
     """
@@ -214,6 +376,10 @@ class DicomBatchSynthesis:
         target_description: str = "T2w",
         overwrite: bool = False,
         save_nifti: bool = False,
+        min_matrix: int = MIN_MATRIX,
+        min_fov_mm: float = MIN_FOV_MM,
+        max_skull_fraction: float | None = MAX_SKULL_FRACTION,
+        thin_slab_slices: int = THIN_SLAB_SLICES,
         device: str | torch.device | None = None,
         image_key: str = "image",
         pred_key: str = "pred",
@@ -230,8 +396,10 @@ class DicomBatchSynthesis:
         self.pattern = re.compile(series_description_pattern, re.IGNORECASE) if series_description_pattern else None
         self.writer = DicomSeriesWriter(target_modality=target_modality, target_description=target_description)
         self.target_description = target_description
-        self.overwrite = overwrite
-        self.save_nifti = save_nifti
+        self.overwrite = as_flag(overwrite, "overwrite")
+        self.save_nifti = as_flag(save_nifti, "save_nifti")
+        self.min_matrix, self.min_fov_mm, self.thin_slab_slices = int(min_matrix), float(min_fov_mm), int(thin_slab_slices)
+        self.max_skull_fraction = None if max_skull_fraction is None else float(max_skull_fraction)
         if device is None:
             param = next(iter(network.parameters()), None)
             device = param.device if param is not None else "cpu"
@@ -246,6 +414,7 @@ class DicomBatchSynthesis:
             )
         self.records: list[SeriesRecord] = []
         self.redact = Redactor()
+        self._eligible = 0  # series of this run that passed every eligibility check
 
     @staticmethod
     def _attach_reader(preprocessing: Compose) -> None:
@@ -258,46 +427,84 @@ class DicomBatchSynthesis:
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> list[SeriesRecord]:
-        """Process every series, write the reports; raise ``SystemExit`` (one line) if any series failed."""
-        if not self.input_dir.is_dir():
-            raise SystemExit(f"input_dir {self.input_dir} is not a folder")
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        series, problems, ignored = find_dicom_series(self.input_dir)
-        for s in series:
-            for h in s.headers:
-                self.redact.add(h)
-        self.records = []
-        for path, problem in problems:
-            self.records.append(
-                SeriesRecord("", "", "", "", 0, FAILED, f"{self._rel(path)}: {problem}",
-                             source_folder=self._rel(os.path.dirname(path)))
-            )
-            logger.warning(self.redact(f"{self._rel(path)}: {problem}"))
-        for s in series:
-            record = self._process(s)
-            self.records.append(record)
-            logger.info(
-                self.redact(
-                    f"series {record.series_instance_uid} ({record.series_description!r}): {record.status}"
-                    + (f" - {record.reason}" if record.reason else "")
-                    + (f" -> {record.output_folder}" if record.output_folder else "")
-                    + f" ({record.seconds:.2f} s)"
-                )
-            )
-        for r in self.records:  # nothing identifying leaves this class
-            for f in fields(r):
-                if isinstance(v := getattr(r, f.name), str):
-                    setattr(r, f.name, self.redact(v))
-        self._write_reports(ignored)
+        """Process every series and write the reports; raise ``SystemExit`` (one line) if any series failed, none
+        was eligible or the run was interrupted."""
+        self._check_folders()
+        lock = _lock(self.output_dir)
+        try:
+            with _pydicom_silenced(), sigterm_interrupts():
+                interrupted = self._run()
+        finally:
+            _unlock(self.output_dir, lock)
         counts = {k: sum(r.status == k for r in self.records) for k in (WRITTEN, SKIPPED, FAILED)}
-        summary = (
-            f"DICOM synthesis: {len(self.records)} series, {counts[WRITTEN]} written, {counts[SKIPPED]} skipped, "
-            f"{counts[FAILED]} failed; report: {self.output_dir / 'report.json'}"
+        noted = sum(r.status == WRITTEN and bool(r.reason) for r in self.records)
+        wanted = "/".join(sorted(self.source_modalities))
+        nothing_eligible = not self._eligible and not counts[FAILED]  # every row skipped as not eligible
+        head = "interrupted" if interrupted else f"found no eligible {wanted} series" if nothing_eligible else ""
+        summary = _printable(
+            f"DICOM synthesis{' ' + head if head else ''}: {len(self.records)} series, "
+            f"{counts[WRITTEN]} written{f' ({noted} may lack slices)' if noted else ''}, {counts[SKIPPED]} skipped, "
+            f"{counts[FAILED]} failed; report: {self.redact(str(self.output_dir / 'report.json'))}"
         )
         logger.info(summary)
-        if counts[FAILED]:
+        if counts[FAILED] or interrupted or nothing_eligible:
             raise SystemExit(summary)
         return self.records
+
+    def _check_folders(self) -> None:
+        """One clear line, before anything is read or written, for folders that cannot work."""
+        if not self.input_dir.is_dir():
+            raise SystemExit(f"input_dir {self.input_dir} is not a folder")
+        if self.output_dir.resolve() == self.input_dir.resolve():
+            raise SystemExit(f"output_dir is input_dir ({self.input_dir}); choose another folder (a subfolder is fine)")
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise SystemExit(f"output_dir {self.output_dir} is not a folder")
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"output_dir {self.output_dir} cannot be created ({e.strerror or e})") from None
+
+    def _run(self) -> bool:
+        """Discover, process and report (under the lock); True when interrupted by SIGINT or SIGTERM."""
+        self.records, series, ignored, passed, done, self._eligible = [], [], 0, [], 0, 0
+        try:
+            _sweep(self.output_dir)
+            series, problems, ignored, passed = find_dicom_series(self.input_dir, exclude=[self.output_dir])
+            for s in series:
+                for h in s.headers:
+                    self.redact.add(h)
+            for path, why in passed:
+                logger.warning(_printable(self.redact(f"{self._rel(path)}: {why}")))
+            for path, problem in problems:
+                self._file_row(path, FAILED, problem)
+            unreadable = {os.path.dirname(p) for p, _ in problems}
+            taken: set[str] = set()
+            for s in series:
+                self._add(self._process(s, taken, unreadable))
+                done += 1
+        except KeyboardInterrupt:
+            for s in series[done:]:
+                self._add(self._record(s, SKIPPED, "not processed: the run was interrupted"))
+            self._write_reports(ignored, passed)
+            return True
+        self._write_reports(ignored, passed)
+        return False
+
+    def _add(self, record: SeriesRecord) -> None:
+        """Clean, redact the free text of, log and keep one row."""
+        for f in fields(record):
+            if isinstance(v := getattr(record, f.name), str):
+                setattr(record, f.name, self.redact(_printable(v)) if f.name in _FREE_TEXT else _printable(v))
+        self.records.append(record)
+        if not record.series_instance_uid:  # an unreadable file, not a series
+            logger.warning(record.reason)
+            return
+        logger.info(
+            f"series {record.series_instance_uid} ({record.series_description!r}): {record.status}"
+            + (f" - {record.reason}" if record.reason else "")
+            + (f" -> {record.output_folder}" if record.output_folder else "")
+            + f" ({record.seconds:.2f} s)"
+        )
 
     def _rel(self, path: str | os.PathLike) -> str:
         try:
@@ -305,69 +512,169 @@ class DicomBatchSynthesis:
         except ValueError:
             return str(path)
 
+    def _record(self, s: FoundSeries, status: str, reason: str = "") -> SeriesRecord:
+        record = SeriesRecord(s.uid, "", "", "", 0, status, reason)
+        with contextlib.suppress(Exception):  # a malformed header value leaves its column empty
+            record.series_description, record.modality = s.description, s.modality
+            record.sop_class = ", ".join(sorted(getattr(UID(u), "name", u) for u in s.sop_classes))
+            record.slices, record.source_folder = s.slices, self._rel(os.path.dirname(s.files[0]))
+            first = s.headers[0]
+            record.study_instance_uid, record.study_date, record.study_description, record.series_number = (
+                str(first.get(t, "") or "") for t in ("StudyInstanceUID", "StudyDate", "StudyDescription", "SeriesNumber")
+            )
+        return record
+
+    def _made_here(self, ds: Dataset) -> bool:
+        """Whether ``ds`` belongs to a series this software wrote (the writer names itself in these elements)."""
+        marks = " ".join(str(ds.get(t, "")) for t in ("ManufacturerModelName", "SoftwareVersions", "DerivationDescription"))
+        return self.writer.software in marks
+
     def _select(self, s: FoundSeries) -> str | None:
         """Why the series is skipped, or None when it is to be processed."""
         if not s.sop_classes & IMAGE_SOP_CLASSES:
             names = sorted(getattr(UID(u), "name", u) for u in s.sop_classes)
             return f"not an MR/CT image series (SOP class {', '.join(names)})"
+        if self._made_here(s.headers[0]):
+            return f"a synthetic series written by {self.writer.software}, never used as a source"
         if s.modality not in self.source_modalities:
             wanted = "/".join(sorted(self.source_modalities))
             return f"Modality {s.modality or '<none>'} is not the source modality {wanted}"
         if self.pattern is not None and not self.pattern.search(s.description):
             return f"SeriesDescription does not match {self.pattern.pattern!r}"
-        return None
+        return series_problem(s.headers, self.min_matrix)
 
-    def _process(self, s: FoundSeries) -> SeriesRecord:
+    def folder_name(self, s: FoundSeries) -> str:
+        """``<target>_s<SeriesNumber>_<8 hex of SHA-256(SeriesInstanceUID)>``: readable, without patient data, and
+        one per UID (UIDs that only differ in characters a file name cannot hold still get their own)."""
+        number = str(s.headers[0].get("SeriesNumber", "") or "").strip()
+        part = f"s{int(number):04d}_" if number.isascii() and number.isdigit() and len(number) <= 12 else ""
+        digest = hashlib.sha256(s.uid.encode("utf-8", "backslashreplace")).hexdigest()[:8]
+        return f"{_safe_name(self.target_description).lower()}_{part}{digest}"
+
+    def _process(self, s: FoundSeries, taken: set[str], unreadable: set[str]) -> SeriesRecord:
         t0 = time.perf_counter()
-        sop = sorted(getattr(UID(u), "name", u) for u in s.sop_classes)
-        record = SeriesRecord(
-            s.uid, s.description, s.modality, ", ".join(sop), s.slices, SKIPPED,
-            source_folder=self._rel(os.path.dirname(s.files[0])),
-        )
-        reason = self._select(s)
-        if reason is not None:
-            record.reason = reason
-            return record
-        name = _safe_name(f"{self.target_description}_{s.uid}")
-        final = self.output_dir / name
-        if final.exists() and not self.overwrite:
-            record.reason = f"output folder {name} exists (overwrite=False)"
-            record.output_folder = name
-            return record
-        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.output_dir))
+        record = self._record(s, SKIPPED)
+        tmp = None
         try:
-            pred = self._synthesise(s.files)
-            self.writer.write(pred, s.headers, tmp / "dicom", source_filenames=[self._rel(f) for f in s.files])
+            reason = self._select(s)
+            if reason is not None:
+                record.reason = reason
+                return record
+            name = self.folder_name(s)
+            if name in taken:
+                raise DicomSeriesError(f"output folder {name} is already that of another series of this run")
+            taken.add(name)
+            final = self.output_dir / name
+            if final.exists() and not self.overwrite:
+                self._eligible += 1  # an earlier run wrote it: nothing to do is no error
+                record.reason, record.output_folder = f"output folder {name} exists (overwrite=False)", name
+                return record
+            instances = self._instances(s)
+            if not instances.datasets:
+                raise DicomSeriesError("no instance of the series is readable (see the failed rows)")
+            geom = series_geometry(instances.datasets, instances.filenames)
+            record.slices = len(geom.frames)
+            reason = field_of_view_problem(geom, self.min_fov_mm) or self._head_problem(s, geom)
+            if reason is not None:
+                record.reason = reason
+                return record
+            self._eligible += 1
+            for ds in instances.datasets:
+                del ds.PixelData  # the writer needs the headers only
+            files = instances.filenames
+            tmp = Path(tempfile.mkdtemp(prefix=_PARTIAL, dir=self.output_dir))
+            pred = self._synthesise(files)
+            self.writer.write(pred, instances.datasets, tmp / "dicom", source_filenames=[self._rel(f) for f in files])
             if self.save_nifti:
-                self._save_nifti(s.files, pred, tmp)
-            if final.exists():  # overwrite: swap in, then drop the old folder
-                old = Path(tempfile.mkdtemp(prefix=".partial-old-", dir=self.output_dir))
-                os.replace(final, old / "dicom")
-                os.replace(tmp / "dicom", final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp / "dicom", final)
+                self._save_nifti(files, pred, tmp)
+            if not self._place(tmp / "dicom", final):
+                record.reason = f"output folder {name} was written meanwhile by another process (overwrite=False)"
+                record.output_folder = name
+                return record
             if self.save_nifti:
                 (self.output_dir / "nifti").mkdir(exist_ok=True)
                 for f in tmp.glob("*.nii.gz"):
                     os.replace(f, self.output_dir / "nifti" / f"{name}_{f.name}")
             record.status, record.output_folder = WRITTEN, name
+            if instances.unreadable or unreadable & {os.path.dirname(f) for f in s.files}:  # an edge slice leaves no gap
+                record.reason = "its folder holds unreadable DICOM files (see the failed rows): slices may be missing"
         except Exception as e:
             record.status = FAILED
-            message = _error_message(e).replace(str(self.input_dir) + os.sep, "")
-            prefix = f"series {s.uid} ({s.description!r}): "  # the record names the series already
-            message = message[len(prefix):] if message.startswith(prefix) else message
-            record.reason = " | ".join(message.splitlines())[:2000]
+            message = describe_error(e).replace(str(self.input_dir) + os.sep, "")
+            # the record names the series already: "DicomSeriesError: series <uid> ('<description>'): ..." loses it
+            record.reason = message.replace(f"series {s.uid} ({record.series_description!r}): ", "", 1)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             record.seconds = round(time.perf_counter() - t0, 3)
         return record
 
+    def _place(self, folder: Path, final: Path) -> bool:
+        """Rename the finished ``folder`` onto ``final``; False when ``final`` exists and may not be replaced.
+
+        The rename is the check (it fails on a non-empty folder), so two processes never both write one series.
+        """
+        if self.overwrite and final.exists():  # swap in, then drop the old folder
+            old = Path(tempfile.mkdtemp(prefix=_PARTIAL, dir=self.output_dir))
+            try:
+                os.replace(final, old / "dicom")
+                os.replace(folder, final)
+            except BaseException:  # a failed rename or an interrupt: the previous output goes back in place
+                if (old / "dicom").exists() and not final.exists():
+                    os.replace(old / "dicom", final)
+                shutil.rmtree(old, ignore_errors=True)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+            return True
+        try:
+            os.rename(folder, final)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return False
+            raise
+        return True
+
+    def _instances(self, s: FoundSeries) -> SeriesInstances:
+        """The series' files read whole, one readable copy per SOP instance; a row for each file left out."""
+        instances = read_instances(s.files)
+        for path, problem, used in instances.duplicates:
+            why = f"another copy of a SOP instance of series {s.uid}, not used ({self._rel(used)} is)"
+            self._file_row(path, SKIPPED, f"{why}{f': {problem}' if problem else ''}")
+        for path, problem in instances.unreadable:
+            self._file_row(path, FAILED, f"unreadable instance of series {s.uid}: {problem}")
+        return instances
+
+    def _file_row(self, path: str, status: str, reason: str) -> None:
+        self._add(SeriesRecord("", "", "", "", 0, status, f"{self._rel(path)}: {reason}",
+                               source_folder=self._rel(os.path.dirname(path))))
+
+    def _head_problem(self, s: FoundSeries, geom: SeriesGeometry) -> str | None:
+        """A whole head with skull in an MR source (the check needs MR contrast: bone is bright in CT)."""
+        if self.max_skull_fraction is None or s.modality != "MR":
+            return None
+        spacing = (*geom.frames[0].pixel_spacing[::-1], geom.slice_spacing)  # along the stack's (columns, rows, slices)
+        return head_problem(DicomSeriesReader.stack(geom), spacing, slice_axis=2, max_fraction=self.max_skull_fraction)
+
+    def _inferer_for(self, image: torch.Tensor) -> Callable:
+        """The inferer, or for a source thinner than ``thin_slab_slices`` a copy slicing along its acquisition plane."""
+        meta = getattr(image, "meta", {})
+        if not hasattr(self.inferer, "spatial_dim") or MetaKeys.ORIGINAL_AFFINE not in meta:
+            return self.inferer
+        if int(np.asarray(meta[MetaKeys.SPATIAL_SHAPE])[-1]) >= self.thin_slab_slices:  # the reader's slices
+            return self.inferer
+        axis = acquisition_axis(np.asarray(image.affine), meta[MetaKeys.ORIGINAL_AFFINE])
+        if axis == self.inferer.spatial_dim:
+            return self.inferer
+        inferer = copy.copy(self.inferer)
+        inferer.spatial_dim = axis
+        return inferer
+
     def _synthesise(self, files: list[str]) -> torch.Tensor:
         data = self.preprocessing({self.image_key: files})
+        image = data[self.image_key]
         self.network.eval()
         with torch.inference_mode():
-            pred = self.inferer(data[self.image_key][None].to(self.device), self.network)[0]
+            pred = self._inferer_for(image)(image[None].to(self.device), self.network)[0]
             data[self.pred_key] = pred
             data = self.postprocessing(data)
         return data[self.pred_key]
@@ -381,25 +688,25 @@ class DicomBatchSynthesis:
         arr = arr[0] if arr.ndim == 4 else arr
         nib.save(nib.Nifti1Image(arr, np.asarray(pred.affine.cpu(), np.float64)), folder / "synthetic.nii.gz")
 
-    def _write_reports(self, ignored: int) -> None:
+    def _write_reports(self, ignored: int, passed: list[tuple[str, str]]) -> None:
         rows = [asdict(r) for r in self.records]
         report = {
-            "input_dir": str(self.input_dir),
-            "output_dir": str(self.output_dir),
+            "input_dir": self.redact(str(self.input_dir)),
+            "output_dir": self.redact(str(self.output_dir)),
             "source_modality": sorted(self.source_modalities),
             "series_description_pattern": self.pattern.pattern if self.pattern else None,
             "target_modality": self.writer.target_modality,
             "target_description": self.target_description,
             "ignored_non_dicom_files": ignored,
+            "not_read": [self.redact(_printable(f"{self._rel(p)}: {why}")) for p, why in passed],
             "counts": {k: sum(r.status == k for r in self.records) for k in (WRITTEN, SKIPPED, FAILED)},
             "series": rows,
         }
-        tmp = self.output_dir / ".report.json.partial"
-        tmp.write_text(self.redact(json.dumps(report, indent=2)))
-        os.replace(tmp, self.output_dir / "report.json")
-        tmp = self.output_dir / ".report.csv.partial"
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=[f.name for f in fields(SeriesRecord)])
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.output_dir / "report.csv")
+        # ensure_ascii=False: non-ASCII text reads as written (MÜLLER, not M\u00dcLLER); patient data were redacted
+        # from the fields above, before serialising
+        write_text_atomic(self.output_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
+        table = io.StringIO()
+        w = csv.DictWriter(table, fieldnames=[f.name for f in fields(SeriesRecord)])
+        w.writeheader()
+        w.writerows(rows)
+        write_text_atomic(self.output_dir / "report.csv", table.getvalue())

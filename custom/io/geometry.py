@@ -27,6 +27,7 @@ __all__ = [
     "series_label",
     "frames_of",
     "series_geometry",
+    "acquisition_axis",
 ]
 
 #: SOP classes whose pixels are a scalar cross-sectional image the bundle can synthesise from.
@@ -297,3 +298,12 @@ def series_geometry(datasets: Sequence[Dataset], filenames: Sequence[str]) -> Se
     return SeriesGeometry(
         frames=frames, affine_lps=affine, shape=(ref.columns, ref.rows, n), label=label, slice_spacing=spacing
     )
+
+
+def acquisition_axis(affine: np.ndarray, source_affine: np.ndarray) -> int:
+    """The voxel axis of an image with ``affine`` that runs closest to the slice normal of its source, whose
+    ``source_affine`` stacks slices along voxel axis 2 (as this module's and the reader's do); both affines in one
+    space. Where the source's slices lie after reorientation, e.g. axis 0 (R-L) for sagittal slices in RAS."""
+    affine, source = np.asarray(affine, np.float64)[:3, :3], np.asarray(source_affine, np.float64)[:3, :3]
+    normal = source[:, 2] / np.linalg.norm(source[:, 2])
+    return int(np.argmax(np.abs(normal @ (affine / np.linalg.norm(affine, axis=0)))))

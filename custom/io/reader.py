@@ -19,7 +19,9 @@ every downstream MONAI transform (``Orientationd``, ``Spacingd``, ``Invertd``) w
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +32,27 @@ from monai.data import ImageReader
 from monai.data.utils import affine_to_spacing, orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.pixels.utils import get_expected_length
 
 from .geometry import DicomSeriesError, SeriesGeometry, series_geometry, series_label
 
-__all__ = ["DicomSeriesReader", "DicomSeriesData", "read_dicom_header", "is_dicomdir"]
+__all__ = [
+    "DicomSeriesReader", "DicomSeriesData", "SeriesInstances", "read_dicom_header", "read_instances",
+    "pixel_data_problem", "is_dicomdir", "NO_PREAMBLE_LIMIT", "MAX_TAG_BYTES",
+]
 
 #: Suffixes that are certainly not DICOM, so that a Compose holding this reader still loads NIfTI etc. as before.
 _NON_DICOM_SUFFIXES = (
     ".nii", ".nii.gz", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".hdr", ".png", ".jpg",
     ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".npz", ".h5", ".hdf5", ".json", ".csv", ".txt", ".pt",
 )
+
+#: Files without the DICOM preamble are parsed from at most this many leading bytes (headers are far smaller), so
+#: a large file that merely starts like DICOM costs little to pass over.
+NO_PREAMBLE_LIMIT = 1 << 20
+#: With ``read_dicom_header(path, tags)``, longer values are dropped unread (a file may claim megabytes for any tag).
+MAX_TAG_BYTES = 64 << 10
 
 #: Header-only keys copied into the image metadata (no patient module values: metadata ends up in logs and files).
 _META_TAGS = ("SeriesInstanceUID", "SeriesDescription", "Modality", "StudyInstanceUID", "FrameOfReferenceUID")
@@ -53,22 +66,111 @@ def is_dicomdir(path: str | os.PathLike, ds: Dataset | None = None) -> bool:
     return meta is not None and meta.get("MediaStorageSOPClassUID") == pydicom.uid.MediaStorageDirectoryStorage
 
 
-def read_dicom_header(path: str | os.PathLike) -> Dataset | None:
+def read_dicom_header(path: str | os.PathLike, tags: Sequence[str | int] | None = None) -> Dataset | None:
     """Header of a DICOM file without its pixel data; ``None`` for a file that is not DICOM at all.
 
-    Files without the 128-byte preamble (old archives) are accepted when they parse and carry a SOPClassUID.
+    Only a regular file is read (a FIFO, or a link to ``/dev/zero``, is not DICOM). Files without the 128-byte
+    preamble (old archives) are accepted when their first element lies in group 0002 or 0008 (where SOPClassUID
+    is) and the first :data:`NO_PREAMBLE_LIMIT` bytes parse with a SOPClassUID and a SeriesInstanceUID.
+
+    Args:
+        path: the file.
+        tags: keep only these elements (the rest is skipped unread) and drop any of them longer than
+            :data:`MAX_TAG_BYTES`, so that the headers of a whole tree can be held at once; ``None`` keeps the
+            whole header.
 
     Raises:
         pydicom.errors.InvalidDicomError, OSError, ...: for a file that announces DICOM but cannot be parsed.
     """
-    path = str(path)
-    if pydicom.misc.is_dicom(path):
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        start = fh.read(132)
+        fh.seek(0)
+        kw = {"stop_before_pixels": True, "specific_tags": tags, "defer_size": MAX_TAG_BYTES if tags else None}
+        if start[128:132] == b"DICM":
+            ds = pydicom.dcmread(fh, **kw)
+        else:
+            if len(start) < 8 or not {int.from_bytes(start[:2], "little"), int.from_bytes(start[:2], "big")} & {2, 8}:
+                return None
+            try:
+                ds = pydicom.dcmread(io.BytesIO(fh.read(NO_PREAMBLE_LIMIT)), force=True, **kw)
+            except Exception:
+                return None
+            if "SOPClassUID" not in ds or "SeriesInstanceUID" not in ds:
+                return None
+    ds.buffer = None  # pydicom keeps the file object (for a deflated file, all of it inflated) for deferred reads
+    for tag in list(ds.keys()) if tags else []:
+        elem = ds.get_item(tag, keep_deferred=True)
+        if isinstance(elem, RawDataElement) and elem.value is None and elem.length:  # deferred: too long to keep
+            del ds[tag]
+    return ds
+
+
+def pixel_data_problem(ds: Dataset) -> str | None:
+    """Why the pixel data of ``ds`` (read whole) are not all there, or None: no PixelData, or uncompressed data
+    shorter than Rows x Columns x frames need (a truncated copy; pydicom reads it without a word). Compressed data
+    are checked when decoded."""
+    if "PixelData" not in ds:
+        return "holds no pixel data"
+    syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
+    if syntax is not None and pydicom.uid.UID(syntax).is_encapsulated:
         return None
-    return ds if "SOPClassUID" in ds and "SeriesInstanceUID" in ds else None
+    try:
+        expected = get_expected_length(ds)
+    except Exception as e:  # Rows, Columns or BitsAllocated missing or malformed
+        return f"pixel data cannot be sized ({e})"
+    if len(ds.PixelData) < expected:
+        return f"pixel data cut short ({len(ds.PixelData)} of {expected} bytes)"
+    return None
+
+
+@dataclass
+class SeriesInstances:
+    """What :func:`read_instances` returns: one readable dataset per SOP instance and what was left out."""
+
+    datasets: list[Dataset]
+    filenames: list[str]
+    duplicates: list[tuple[str, str, str]]  # (file, its own problem or "", the file used for that SOP instance)
+    unreadable: list[tuple[str, str]]  # (file, problem) for SOP instances of which no copy is readable
+
+
+def read_instances(files: Sequence[str | os.PathLike], **kwargs) -> SeriesInstances:
+    """Read the files of one series whole and keep one readable copy of each SOP instance (the first in ``files``).
+
+    Archives hold byte copies of instances, some truncated: a further copy is left out as a duplicate, a file whose
+    pixel data are cut short (:func:`pixel_data_problem`) is left out as a duplicate when another copy of its
+    instance is readable and as unreadable otherwise, as is a file that cannot be parsed.
+
+    Args:
+        files: the files of one series.
+        kwargs: extra arguments for ``pydicom.dcmread``.
+    """
+    problems: dict[str, str] = {}
+    kept: dict[str, tuple[Dataset, str]] = {}
+    copies: dict[str, list[str]] = {}
+    for name in map(str, files):
+        try:
+            ds = pydicom.dcmread(name, **kwargs)
+            problem = pixel_data_problem(ds)
+        except Exception as e:
+            ds, problem = None, f"cannot be read as DICOM ({type(e).__name__}: {e})"
+        key = str(ds.get("SOPInstanceUID", "") or name) if ds is not None else name
+        copies.setdefault(key, []).append(name)
+        if problem:
+            problems[name] = problem
+        elif key not in kept:
+            kept[key] = (ds, name)
+    duplicates, unreadable = [], []
+    for key, names in copies.items():
+        used = kept[key][1] if key in kept else None
+        for name in names:
+            if used is None:
+                unreadable.append((name, problems[name]))
+            elif name != used:
+                duplicates.append((name, problems.get(name, ""), used))
+    return SeriesInstances([d for d, _ in kept.values()], [n for _, n in kept.values()], duplicates, unreadable)
 
 
 @dataclass

@@ -1,12 +1,15 @@
 """Write a synthesised volume as a derived DICOM series in the source series' study.
 
 The new series keeps the Patient and Study module values and the FrameOfReferenceUID of the source, gets new
-Series/SOP Instance UIDs, ImageType ``DERIVED\\SECONDARY``, a SeriesDescription that says it is synthetic and not
-for diagnostic use, a SourceImageSequence per slice and a DerivationDescription naming the source series, and
-one slice per source frame with the source frame's ImagePositionPatient, ImageOrientationPatient, PixelSpacing
-and SliceThickness. Pixels are 16-bit with one RescaleSlope/RescaleIntercept for the whole series, chosen so the
-synthesis is represented to within half a slope step. MR targets are written as MR Image Storage, CT targets as
-CT Image Storage (RescaleType HU).
+Series/SOP Instance UIDs, ImageType ``DERIVED\\SECONDARY\\OTHER`` (MR) or ``...\\AXIAL`` (CT), a SeriesDescription
+that says it is synthetic and not for diagnostic use, a SourceImageSequence per slice and a DerivationDescription
+naming the source series, Laterality empty (unknown) when the source names neither it nor the body part, and one
+slice per source frame with the source frame's ImagePositionPatient, ImageOrientationPatient, PixelSpacing and
+SliceThickness. Pixels are 16-bit with one slope/intercept for the whole series, chosen so the synthesis is
+represented to within half a slope step. CT targets are written as CT Image Storage with that slope/intercept as
+RescaleSlope/RescaleIntercept (RescaleType HU) and the window in HU. MR targets are written as MR Image Storage
+without a Modality LUT, which the MR IOD does not have and MR viewers ignore: the window is in stored units and the
+slope/intercept to the synthesis's (arbitrary) units is a RealWorldValueMappingSequence.
 """
 
 from __future__ import annotations
@@ -89,6 +92,20 @@ def choose_rescale(values: np.ndarray) -> tuple[np.ndarray, float, float, int]:
     return stored, slope, intercept, 0
 
 
+def _real_world_value_mapping(stored: np.ndarray, slope: float, intercept: float, pixel_rep: int) -> Dataset:
+    """RealWorldValueMappingSequence item: stored value * slope + intercept = synthesised value (arbitrary unit)."""
+    units = Dataset()
+    units.CodeValue, units.CodingSchemeDesignator, units.CodeMeaning = "[arb'U]", "UCUM", "arbitrary unit"
+    item = Dataset()
+    item.MeasurementUnitsCodeSequence = DicomSequence([units])
+    item.LUTExplanation, item.LUTLabel = "Synthesised intensity", "SYNTHETIC"
+    vr = "SS" if pixel_rep else "US"  # these two take the pixels' signedness; set explicitly (ambiguous VR)
+    item.add_new("RealWorldValueFirstValueMapped", vr, int(stored.min()))
+    item.add_new("RealWorldValueLastValueMapped", vr, int(stored.max()))
+    item.RealWorldValueIntercept, item.RealWorldValueSlope = intercept, slope
+    return item
+
+
 class DicomSeriesWriter:
     """Write a volume on the source grid as a derived, synthetic DICOM series (one file per source frame).
 
@@ -162,8 +179,10 @@ class DicomSeriesWriter:
                     "(does postprocessing invert the preprocessing?)"
                 )
         stored, slope, intercept, pixel_rep = choose_rescale(arr)
-        real = stored.astype(np.float64) * slope + intercept
-        p1, p99 = np.percentile(real, [1, 99])
+        ct = self.target_modality == "CT"
+        # the window applies after the Modality LUT: HU for CT, stored units for MR (which has none)
+        scale, offset = (slope, intercept) if ct else (1.0, 0.0)
+        p1, p99 = np.percentile(stored, [1, 99]) * scale + offset
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -179,6 +198,7 @@ class DicomSeriesWriter:
             src_number = int(src0.get("SeriesNumber", 0) or 0)
         except (TypeError, ValueError):
             src_number = 0
+        real_world = None if ct else _real_world_value_mapping(stored, slope, intercept, pixel_rep)
         written = []
         for k, frame in enumerate(geom.frames):
             ds = Dataset()
@@ -202,6 +222,8 @@ class DicomSeriesWriter:
             for tag in _SERIES_TAGS:
                 if tag in src0:
                     setattr(ds, tag, src0.data_element(tag).value)
+            if "Laterality" not in ds and "BodyPartExamined" not in ds:
+                ds.Laterality = ""  # type 2C, needed unless the body part is known to be unpaired: empty = unknown
             if "PatientPosition" not in ds and "PatientPosition" in src0.get("SharedFunctionalGroupsSequence", [{}])[0]:
                 ds.PatientPosition = src0.SharedFunctionalGroupsSequence[0].PatientPosition
             # Frame of Reference, Equipment
@@ -213,7 +235,7 @@ class DicomSeriesWriter:
             # General Image
             ds.InstanceNumber = k + 1
             ds.ContentDate, ds.ContentTime = date, time
-            ds.ImageType = ["DERIVED", "SECONDARY"] + (["AXIAL"] if self.target_modality == "CT" else [])
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if ct else "OTHER"]  # value 3 is type 1 in CT and MR
             ds.DerivationDescription = derivation
             ds.ImageComments = "Synthetic image - not for diagnostic use"
             ref = Dataset()
@@ -243,15 +265,15 @@ class DicomSeriesWriter:
             ds.Rows, ds.Columns = frame.rows, frame.columns
             ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
             ds.PixelRepresentation = pixel_rep
-            ds.RescaleIntercept = _ds(intercept)
-            ds.RescaleSlope = _ds(slope)
-            if self.target_modality == "CT":
-                ds.RescaleType = "HU"
+            if ct:
+                ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = _ds(intercept), _ds(slope), "HU"
+            else:
+                ds.RealWorldValueMappingSequence = DicomSequence([real_world])
             ds.WindowCenter = _ds((p1 + p99) / 2)
-            ds.WindowWidth = _ds(max(p99 - p1, slope))
+            ds.WindowWidth = _ds(max(p99 - p1, scale))
             ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
             # modality-specific type-1/2 attributes
-            if self.target_modality == "MR":
+            if not ct:
                 ds.ScanningSequence, ds.SequenceVariant = "RM", "NONE"  # research mode: no acquisition
                 ds.ScanOptions, ds.MRAcquisitionType = "", ""
                 ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "", "", ""

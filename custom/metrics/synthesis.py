@@ -1,4 +1,5 @@
-"""Synthesis figures for the benchmark and the tests: PSNR inside a mask, patch-grid blockiness, lesion contrast.
+"""Synthesis figures for the benchmark and the tests: PSNR inside a mask, patch-grid blockiness, lesion contrast,
+through-plane consistency.
 
 Every function takes channel-first image stacks ``(N, C, *spatial)`` with intensities in the bundle's normalised
 units, and works for 2-D and 3-D images.
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-__all__ = ["masked_psnr", "blockiness", "lesion_contrast"]
+__all__ = ["masked_psnr", "blockiness", "lesion_contrast", "through_plane_ratio"]
 
 
 def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float = 2.0) -> float:
@@ -120,3 +121,42 @@ def lesion_contrast(
                 continue
             ratios.append(float((p[i, 0][component].mean() - p[i, 0][around].mean()) / wanted))
     return ratios
+
+
+def _mean_abs_step(volume: torch.Tensor, axis: int, mask: torch.Tensor | None) -> float:
+    """Mean |difference between neighbours along ``axis``| where both neighbours lie in ``mask``."""
+    n = volume.shape[axis]
+    diff = (volume.narrow(axis, 1, n - 1) - volume.narrow(axis, 0, n - 1)).abs()
+    if mask is not None:
+        diff = diff[(mask.narrow(axis, 1, n - 1) > 0) & (mask.narrow(axis, 0, n - 1) > 0)]
+    if diff.numel() == 0:
+        raise ValueError(f"through_plane_ratio: no neighbouring voxels along spatial axis {axis - 2} in the region.")
+    return float(diff.double().mean())
+
+
+def through_plane_ratio(
+    pred: torch.Tensor, target: torch.Tensor, slice_axis: int = 2, mask: torch.Tensor | None = None
+) -> float:
+    """
+    Slice-to-slice consistency of a volume synthesised slice by slice: (mean |difference between neighbouring
+    slices| ÷ mean |in-plane difference between neighbours|) of ``pred``, divided by the same ratio of ``target``.
+    About 1 when the synthesis varies across slices as the target does; independent slices (horizontal stripes in
+    sagittal and coronal views) give well above 1.
+
+    Args:
+        pred: synthesised volumes (N, C, H, W, D).
+        target: reference, same shape.
+        slice_axis: the spatial axis (0, 1 or 2) along which slices were synthesised.
+        mask: region (N, 1, H, W, D), both voxels of a difference inside (e.g. the brain); None for everywhere.
+    """
+    _check_stacks(pred, target)
+    if pred.ndim != 5 or slice_axis not in (0, 1, 2):
+        raise ValueError(f"through_plane_ratio needs (N, C, H, W, D) volumes and a slice_axis in 0..2, got "
+                         f"{tuple(pred.shape)} and {slice_axis}.")
+
+    def ratio(volume: torch.Tensor) -> float:
+        volume = volume.float()
+        in_plane = [_mean_abs_step(volume, 2 + a, mask) for a in range(3) if a != slice_axis]
+        return _mean_abs_step(volume, 2 + slice_axis, mask) / max(float(np.mean(in_plane)), 1e-12)
+
+    return ratio(pred) / ratio(target)

@@ -1,7 +1,16 @@
+"""Transforms: loading and saving safely, input checks, intensity mapping per modality, slice sampling.
+
+The eligibility checks (``.eligibility``) are imported on first use (PEP 562): they need :mod:`custom.io`, whose
+batch runner imports this package.
+"""
+
 from __future__ import annotations
+
+import importlib
 
 from .intensity import (
     MODALITIES,
+    BackgroundFromSourced,
     ModalityDenormalize,
     ModalityDenormalized,
     ModalityNormalize,
@@ -9,7 +18,7 @@ from .intensity import (
     check_modality,
 )
 from .spatial import ForegroundSlicesd, RandForegroundSlicesd, ResampleToSpacingd, foreground_slice_fractions
-from .utility import CheckImage, CheckImaged, CheckPaird, ImageCheckError, describe_source
+from .utility import CheckImage, CheckImaged, CheckPaird, ImageCheckError, IneligibleImageError, describe_source
 from .io import (
     ImageReadError,
     OutputExistsError,
@@ -19,3 +28,20 @@ from .io import (
     SafeSaveImage,
     SafeSaveImaged,
 )
+
+_LAZY = {"eligibility": ("MAX_NEGATIVE_FRACTION", "CheckEligible", "CheckEligibled", "thin_axis")}
+
+__all__ = [
+    "MODALITIES", "BackgroundFromSourced", "ModalityDenormalize", "ModalityDenormalized", "ModalityNormalize", "ModalityNormalized",
+    "check_modality", "ForegroundSlicesd", "RandForegroundSlicesd", "ResampleToSpacingd", "foreground_slice_fractions",
+    "CheckImage", "CheckImaged", "CheckPaird", "ImageCheckError", "IneligibleImageError", "describe_source",
+    "ImageReadError", "OutputExistsError", "OutputWriteError", "SafeLoadImage", "SafeLoadImaged", "SafeSaveImage",
+    "SafeSaveImaged", *_LAZY["eligibility"],
+]  # fmt: skip
+
+
+def __getattr__(name: str):
+    for module, names in _LAZY.items():
+        if name in names:
+            return getattr(importlib.import_module(f".{module}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,11 +10,16 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-__all__ = ["ImageCheckError", "CheckImage", "CheckImaged", "CheckPaird", "describe_source"]
+__all__ = ["ImageCheckError", "IneligibleImageError", "CheckImage", "CheckImaged", "CheckPaird", "describe_source"]
 
 
 class ImageCheckError(ValueError):
     """An input image that the bundle cannot use; the message names the file and the problem."""
+
+
+class IneligibleImageError(ImageCheckError):
+    """A readable image that is not what the model takes (:class:`~custom.transforms.CheckEligible`); a batch run
+    reports it as skipped, not failed, as the DICOM batch does ineligible series."""
 
 
 def describe_source(img: torch.Tensor | np.ndarray, key: Hashable | None = None) -> str:

@@ -1,9 +1,11 @@
-"""Figures for the bundle's docs: training curves from TensorBoard logs and a grid of synthesised test slices.
+"""Figures for the bundle's docs: training curves from TensorBoard logs, a grid of synthesised test slices and the
+three orthogonal planes of one synthesised volume.
 
 Command line::
 
     python -m custom.visualize.figures curves --tensorboard_dir DIR --output curves.png
     python -m custom.visualize.figures grid --dataset_dir DATA --synth_dir OUT --output grid.png
+    python -m custom.visualize.figures planes --dataset_dir DATA --synth_dir OUT --output planes.png
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["plot_training_curves", "save_synthesis_grid"]
+__all__ = ["plot_training_curves", "save_synthesis_grid", "save_orthogonal_planes"]
 
 
 def _pyplot():
@@ -64,10 +66,7 @@ def plot_training_curves(tensorboard_dir: str, output: str) -> str:
         epochs, values = scalars[tag]
         ax.plot(epochs, values, marker="o")
         ax.set(xlabel="epoch", title=f"validation {tag[4:].upper()} (EMA weights)")
-    fig.tight_layout()
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return _save(plt, fig, output)
 
 
 def _display(volume: np.ndarray) -> np.ndarray:
@@ -93,31 +92,76 @@ def save_synthesis_grid(
     fig, axes = plt.subplots(len(entries), 4, figsize=(9, 2.6 * len(entries)), squeeze=False)
     for row, entry in zip(axes, entries):
         relative = Path(entry["image"])
-        name = relative.name.split(".")[0]
-        synth_path = Path(synth_dir) / relative.parent / f"{name}_{postfix}.nii.gz"
-        if not synth_path.is_file():
-            raise FileNotFoundError(f"no synthesis '{synth_path}' for '{entry['image']}'; run inference first.")
-        source, target, synth = (
-            _display(nib.load(p).get_fdata())
-            for p in (Path(dataset_dir) / entry["image"], Path(dataset_dir) / entry["label"], synth_path)
-        )
-        z = source.shape[2] // 2
-        if "lesion" in entry:
-            area = (np.asarray(nib.load(Path(dataset_dir) / entry["lesion"]).dataobj) > 0).sum(axis=(0, 1))
-            z = int(area.argmax()) if area.max() > 0 else z
+        source, synth, target = _subject_volumes(dataset_dir, synth_dir, entry, postfix)
+        z = _lesion_centre(dataset_dir, entry, source.shape)[2]
         for ax, image, title in zip(
             row, (source, synth, target, np.abs(synth - target)), ("source", "synthesis", "target", "|error|")
         ):
-            ax.imshow(np.rot90(image[:, :, z]), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"{title} ({relative.parent.name}, z={z})", fontsize=8)
-            ax.axis("off")
+            _show(ax, image[:, :, z], f"{title} ({relative.parent.name}, z={z})")
+    return _save(plt, fig, output)
+
+
+def _show(ax, plane: np.ndarray, title: str, aspect: float = 1.0) -> None:
+    """One grey panel, RAS array axes turned so that anterior (axial) or superior (coronal, sagittal) is up."""
+    ax.imshow(np.rot90(plane), cmap="gray", vmin=0, vmax=1, aspect=aspect)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def _save(plt, fig, output: str) -> str:
     fig.tight_layout()
     fig.savefig(output, dpi=110)
     plt.close(fig)
     return output
 
 
+def _subject_volumes(dataset_dir: str, synth_dir: str, entry: dict, postfix: str) -> tuple[np.ndarray, ...]:
+    """(source, synthesis, target) of one datalist entry, each scaled to [0, 1] for display."""
+    relative = Path(entry["image"])
+    synth_path = Path(synth_dir) / relative.parent / f"{relative.name.split('.')[0]}_{postfix}.nii.gz"
+    if not synth_path.is_file():
+        raise FileNotFoundError(f"no synthesis '{synth_path}' for '{entry['image']}'; run inference first.")
+    paths = (Path(dataset_dir) / entry["image"], synth_path, Path(dataset_dir) / entry["label"])
+    return tuple(_display(nib.load(p).get_fdata()) for p in paths)
+
+
+def _lesion_centre(dataset_dir: str, entry: dict, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The voxel where the most lesion crosses in each axis (the volume centre without a lesion mask)."""
+    centre = [n // 2 for n in shape[:3]]
+    if "lesion" in entry:
+        lesion = np.asarray(nib.load(Path(dataset_dir) / entry["lesion"]).dataobj) > 0
+        if lesion.any():
+            centre = [int(lesion.sum(axis=tuple(a for a in range(3) if a != axis)).argmax()) for axis in range(3)]
+    return centre[0], centre[1], centre[2]
+
+
+def save_orthogonal_planes(
+    dataset_dir: str, synth_dir: str, output: str, subject: int = 0, data_list_key: str = "test", postfix: str = "synth"
+) -> str:
+    """Axial, coronal and sagittal planes through one synthesised volume (through its lesion where the datalist
+    names a mask), rows source | synthesis | target: slice-by-slice synthesis shows its slice-to-slice consistency
+    in the coronal and sagittal planes (stripes where neighbouring slices disagree).
+
+    Args:
+        dataset_dir, synth_dir, data_list_key, postfix: as :func:`save_synthesis_grid`.
+        output: PNG file to write.
+        subject: index of the subject in the datalist list.
+    """
+    entry = json.loads((Path(dataset_dir) / "datalist.json").read_text())[data_list_key][subject]
+    volumes = _subject_volumes(dataset_dir, synth_dir, entry, postfix)
+    x, y, z = _lesion_centre(dataset_dir, entry, volumes[0].shape)
+    zooms = nib.load(Path(dataset_dir) / entry["image"]).header.get_zooms()[:3]
+    planes = (("axial", lambda v: v[:, :, z], zooms[1] / zooms[0]), ("coronal", lambda v: v[:, y, :], zooms[2] / zooms[0]),
+              ("sagittal", lambda v: v[x, :, :], zooms[2] / zooms[1]))  # fmt: skip
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 3, figsize=(8, 8), squeeze=False)
+    for row, volume, name in zip(axes, volumes, ("source", "synthesis", "target")):
+        for ax, (plane, cut, aspect) in zip(row, planes):
+            _show(ax, cut(volume), f"{name}, {plane}", aspect)
+    return _save(plt, fig, output)
+
+
 if __name__ == "__main__":
     import fire
 
-    fire.Fire({"curves": plot_training_curves, "grid": save_synthesis_grid})
+    fire.Fire({"curves": plot_training_curves, "grid": save_synthesis_grid, "planes": save_orthogonal_planes})
