@@ -33,6 +33,7 @@ from tests.test_dicom_batch import pipeline
 from tests.test_dicom_fixtures import PATIENT_NAME, AffineStandIn, ct5n_files, mni_volume, rotation, write_series
 from tests.test_dicom_validity import DCIODVFY, dciodvfy
 from tests.test_hostile_dicom_batch import HostileCase, restamp
+from tests.demo_subject import demo_test_subject
 
 NIBABEL_DATA = Path(nibabel.__file__).parent / "tests" / "data"
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1111"  # write_series' default
@@ -127,7 +128,7 @@ class TestSkullShellFraction(unittest.TestCase):
 
     def test_real_skull_stripped_brains(self):
         """The demo data (simulated subjects with lesions, Rician noise), the MNI template, the fixtures' crop."""
-        demo = Path(__file__).resolve().parents[1] / "bundle" / "data" / "demo_t1w_t2w" / "test" / "subject_000"
+        demo = demo_test_subject()
         for contrast in ("t1w", "t2w"):
             image = nibabel.load(demo / f"{contrast}.nii.gz")
             self.assertLess(skull_shell_fraction(image.get_fdata(), image.header.get_zooms()), MAX_SKULL_FRACTION / 10)

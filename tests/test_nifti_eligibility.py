@@ -28,13 +28,13 @@ from custom.bundle import ConfigError, check_overrides
 from custom.engines import SynthesisError
 from custom.io.eligibility import MAX_SKULL_FRACTION
 from custom.transforms import CheckEligible, IneligibleImageError
+from tests.demo_subject import demo_test_subject
 from tests.test_dicom_eligibility import LAYERS, _anatomy, head_phantom
 from tests import test_hostile_use as hostile
 from tests.test_hostile_use import workflow
 from tests.test_reliability_inputs import CONFIGS, cli, failure
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "bundle" / "data" / "demo_t1w_t2w" / "test" / "subject_000"
 #: Hounsfield units (literature means) of the tissues of tests/test_dicom_eligibility.py's head; air -1000.
 HU = {"gm": 40.0, "wm": 25.0, "csf": 8.0, "bone": 1200.0, "marrow": 400.0, "muscle": 50.0, "fat": -100.0}
 
@@ -44,7 +44,7 @@ checkpoint, keep_excepthook = hostile.checkpoint, hostile.keep_excepthook  # tin
 
 def demo() -> nib.Nifti1Image:
     """The demo T1w: (99, 117, 95) RAS, 2 mm, sform and qform code 4 (MNI template space), units mm."""
-    return nib.load(DEMO / "t1w.nii.gz")
+    return nib.load(demo_test_subject() / "t1w.nii.gz")
 
 
 def save(path: Path, data: np.ndarray, affine: np.ndarray, codes=(4, 4), units: int = 2) -> Path:
@@ -170,7 +170,7 @@ def test_head_ct_given_as_mr_is_refused_naming_the_file(tmp_path):
 def test_real_mr_passes_the_intensity_check():
     """The demo T1w and T2w, and the T1w resampled by a cubic spline (its undershoot gives negative values)."""
     for contrast in ("t1w", "t2w"):
-        data = np.asarray(nib.load(DEMO / f"{contrast}.nii.gz").dataobj, np.float32)
+        data = np.asarray(nib.load(demo_test_subject() / f"{contrast}.nii.gz").dataobj, np.float32)
         resampled = ndi.zoom(data, 1.3, order=3)
         assert resampled.min() < 0
         for volume in (data, resampled):
