@@ -1,3 +1,5 @@
 from __future__ import annotations
 
-from .figures import plot_training_curves, save_synthesis_grid
+from .figures import plot_training_curves, save_orthogonal_planes, save_synthesis_grid
+
+__all__ = ["plot_training_curves", "save_orthogonal_planes", "save_synthesis_grid"]
