@@ -21,7 +21,6 @@ import nibabel
 import numpy as np
 import pydicom
 import torch
-from monai.inferers import SliceInferer
 from parameterized import parameterized
 from pydicom.data import get_testdata_file
 from scipy import ndimage as ndi
@@ -29,6 +28,7 @@ from scipy import ndimage as ndi
 from custom.data.simulation import SEQUENCES, TISSUE_PROPERTIES, Relaxation, signal_equation
 from custom.io import DicomBatchSynthesis
 from custom.io.eligibility import MAX_SKULL_FRACTION, skull_shell_fraction
+from custom.inferers import AcquisitionPlaneSliceInferer
 from tests.test_dicom_batch import pipeline
 from tests.test_dicom_fixtures import PATIENT_NAME, AffineStandIn, ct5n_files, mni_volume, rotation, write_series
 from tests.test_dicom_validity import DCIODVFY, dciodvfy
@@ -146,7 +146,7 @@ class DicomCase(HostileCase):
 
     def runner(self, network=None, **kwargs) -> DicomBatchSynthesis:
         pre, post = pipeline()
-        inferer = SliceInferer(roi_size=(-1, -1), spatial_dim=2, progress=False)  # as inference.json
+        inferer = AcquisitionPlaneSliceInferer(roi_size=(-1, -1), spatial_dim=2, progress=False)  # as inference.json
         return DicomBatchSynthesis(self.inp, self.out, pre, inferer, network or AffineStandIn(), post, **kwargs)
 
     def rows(self) -> list[dict]:
@@ -204,7 +204,7 @@ class TestEligibilityInAStudy(DicomCase):
     @staticmethod
     def _parts():
         pre, post = pipeline()
-        return pre, SliceInferer(roi_size=(-1, -1), spatial_dim=2, progress=False), AffineStandIn(), post
+        return pre, AcquisitionPlaneSliceInferer(roi_size=(-1, -1), spatial_dim=2, progress=False), AffineStandIn(), post
 
     @classmethod
     def tearDownClass(cls):

@@ -16,7 +16,6 @@ run.
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import errno
 import fcntl
@@ -38,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.transforms import Compose, LoadImage, LoadImaged, SaveImage, SaveImaged
-from monai.utils import MetaKeys
 from pydicom import Dataset
 from pydicom.uid import UID
 
@@ -50,12 +48,11 @@ from .eligibility import (
     MAX_SKULL_FRACTION,
     MIN_FOV_MM,
     MIN_MATRIX,
-    THIN_SLAB_SLICES,
     field_of_view_problem,
     head_problem,
     series_problem,
 )
-from .geometry import IMAGE_SOP_CLASSES, DicomSeriesError, SeriesGeometry, acquisition_axis, series_geometry
+from .geometry import IMAGE_SOP_CLASSES, DicomSeriesError, SeriesGeometry, series_geometry
 from .reader import DicomSeriesReader, SeriesInstances, is_dicomdir, read_dicom_header, read_instances
 from .writer import DicomSeriesWriter
 
@@ -327,12 +324,9 @@ class DicomBatchSynthesis:
     rows or columns; an in-plane field of view under ``min_fov_mm``; for MR, a whole head with skull (the model
     is trained on skull-stripped brains; :func:`~custom.io.eligibility.head_problem`).
 
-    Slicing plane: a source of at least ``thin_slab_slices`` slices goes to the inferer as configured (the bundle's
-    ``slice_axis`` 2, axial slices after RAS reorientation: the plane the model is trained on). A single slice or
-    a thinner slab, whatever its orientation, is sliced along its own acquisition plane: an inferer with a
-    ``spatial_dim`` (MONAI's ``SliceInferer``) is copied with ``spatial_dim`` = the axis, after preprocessing,
-    closest to the source's slice normal (:func:`~custom.io.geometry.acquisition_axis`; e.g. 0 for sagittal
-    slices in RAS), so the network sees whole acquired slices rather than one-pixel strips.
+    Slicing plane: the inferer's. The bundle's (:class:`custom.inferers.AcquisitionPlaneSliceInferer`) slices a
+    volume axially after RAS reorientation (the plane the model is trained on) and a single slice or thin slab along
+    its own acquisition plane, so the network sees whole acquired slices rather than one-pixel strips.
 
     After the report is written, ``run`` raises ``SystemExit`` with a one-line summary when any series failed,
     when no series was eligible (nothing to synthesise: e.g. a CT-only archive for an MR source), or when the run
@@ -356,8 +350,6 @@ class DicomBatchSynthesis:
         min_fov_mm: smallest in-plane field of view in mm (:data:`~custom.io.eligibility.MIN_FOV_MM`).
         max_skull_fraction: largest skull shell fraction of an MR source
             (:data:`~custom.io.eligibility.MAX_SKULL_FRACTION`); ``None`` synthesises whole heads too.
-        thin_slab_slices: sources with fewer slices are sliced along their acquisition plane
-            (:data:`~custom.io.eligibility.THIN_SLAB_SLICES`).
         device: where the network runs; defaults to the device of the network's first parameter (or CPU).
         image_key, pred_key: the data keys.
     """
@@ -379,7 +371,6 @@ class DicomBatchSynthesis:
         min_matrix: int = MIN_MATRIX,
         min_fov_mm: float = MIN_FOV_MM,
         max_skull_fraction: float | None = MAX_SKULL_FRACTION,
-        thin_slab_slices: int = THIN_SLAB_SLICES,
         device: str | torch.device | None = None,
         image_key: str = "image",
         pred_key: str = "pred",
@@ -398,7 +389,7 @@ class DicomBatchSynthesis:
         self.target_description = target_description
         self.overwrite = as_flag(overwrite, "overwrite")
         self.save_nifti = as_flag(save_nifti, "save_nifti")
-        self.min_matrix, self.min_fov_mm, self.thin_slab_slices = int(min_matrix), float(min_fov_mm), int(thin_slab_slices)
+        self.min_matrix, self.min_fov_mm = int(min_matrix), float(min_fov_mm)
         self.max_skull_fraction = None if max_skull_fraction is None else float(max_skull_fraction)
         if device is None:
             param = next(iter(network.parameters()), None)
@@ -655,26 +646,11 @@ class DicomBatchSynthesis:
         spacing = (*geom.frames[0].pixel_spacing[::-1], geom.slice_spacing)  # along the stack's (columns, rows, slices)
         return head_problem(DicomSeriesReader.stack(geom), spacing, slice_axis=2, max_fraction=self.max_skull_fraction)
 
-    def _inferer_for(self, image: torch.Tensor) -> Callable:
-        """The inferer, or for a source thinner than ``thin_slab_slices`` a copy slicing along its acquisition plane."""
-        meta = getattr(image, "meta", {})
-        if not hasattr(self.inferer, "spatial_dim") or MetaKeys.ORIGINAL_AFFINE not in meta:
-            return self.inferer
-        if int(np.asarray(meta[MetaKeys.SPATIAL_SHAPE])[-1]) >= self.thin_slab_slices:  # the reader's slices
-            return self.inferer
-        axis = acquisition_axis(np.asarray(image.affine), meta[MetaKeys.ORIGINAL_AFFINE])
-        if axis == self.inferer.spatial_dim:
-            return self.inferer
-        inferer = copy.copy(self.inferer)
-        inferer.spatial_dim = axis
-        return inferer
-
     def _synthesise(self, files: list[str]) -> torch.Tensor:
         data = self.preprocessing({self.image_key: files})
-        image = data[self.image_key]
         self.network.eval()
         with torch.inference_mode():
-            pred = self._inferer_for(image)(image[None].to(self.device), self.network)[0]
+            pred = self.inferer(data[self.image_key][None].to(self.device), self.network)[0]
             data[self.pred_key] = pred
             data = self.postprocessing(data)
         return data[self.pred_key]
