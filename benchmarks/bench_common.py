@@ -145,8 +145,15 @@ class _OptimiserStep:
 class PHMDiffStep(_OptimiserStep):
     """The bundle's training step (PHMDiffTrainingInferer + PHMDiffLoss + AdamW); ``step()`` of training_step.py."""
 
-    def __init__(self, synth: PHMDiffSynthesizer, mask_ratio: float | None = None, mmd_weight: float | None = None,
-                 batch: int = BATCH, size: list[int] = DEMO_SIZE, lr: float | None = None) -> None:  # noqa: D107
+    def __init__(
+        self,
+        synth: PHMDiffSynthesizer,
+        mask_ratio: float | None = None,
+        mmd_weight: float | None = None,
+        batch: int = BATCH,
+        size: list[int] = DEMO_SIZE,
+        lr: float | None = None,
+    ) -> None:
         self.synth = synth.train()
         # the bundle's inferer and loss; None keeps the bundle's mask ratio / MMD weight
         self.inferer = bundle_component("train#inferer", **({} if mask_ratio is None else {"mask_ratio": mask_ratio}))
@@ -160,7 +167,9 @@ class PHMDiffStep(_OptimiserStep):
         return self.loss_fn(self.inferer(source, self.synth, target=target), target)
 
     @torch.inference_mode()
-    def predict(self, source: torch.Tensor, seed: int = 0, one_step: bool = False, steps: int | None = None) -> torch.Tensor:
+    def predict(
+        self, source: torch.Tensor, seed: int = 0, one_step: bool = False, steps: int | None = None
+    ) -> torch.Tensor:
         """The synthesiser's DDIM sample with sampling seed ``seed`` and ``steps`` steps per level (None: the
         synthesiser's own); ``one_step``: one step per level (the x₀ estimate at t = T − 1, "regression sampling")."""
         self.synth.eval()
@@ -177,8 +186,9 @@ class PHMDiffStep(_OptimiserStep):
 class DDPMUNetStep(_OptimiserStep):
     """Conditional DDPM with MONAI's DiffusionModelUNet: ε-MSE on concat[x_t, source], 1000 linear-β steps."""
 
-    def __init__(self, batch: int = BATCH, size: list[int] = DEMO_SIZE, lr: float | None = None,
-                 ddim_steps: int = 20) -> None:  # noqa: D107
+    def __init__(
+        self, batch: int = BATCH, size: list[int] = DEMO_SIZE, lr: float | None = None, ddim_steps: int = 20
+    ) -> None:
         self.model = DiffusionModelUNet(**DDPM_UNET_ARGS).train()
         self.scheduler = DDPMScheduler(num_train_timesteps=1000)
         self.ddim_steps = ddim_steps
@@ -192,7 +202,6 @@ class DDPMUNetStep(_OptimiserStep):
         noise = torch.randn_like(x0)
         x_t = self.scheduler.add_noise(x0, noise, t)
         return F.mse_loss(self.model(torch.cat([x_t, src], 1), t), noise)
-
 
     @torch.inference_mode()
     def predict(self, source: torch.Tensor, seed: int = 0, one_step: bool = False) -> torch.Tensor:
@@ -218,7 +227,7 @@ class DDPMUNetStep(_OptimiserStep):
 class UNetL1Step(_OptimiserStep):
     """pix2pix's generator without the adversary: MONAI UNet, L1 loss, one pass at inference."""
 
-    def __init__(self, lr: float | None = None) -> None:  # noqa: D107
+    def __init__(self, lr: float | None = None) -> None:
         self.model = UNet(**UNET_L1_ARGS).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr or BASELINE_LEARNING_RATE, weight_decay=0.0)
 

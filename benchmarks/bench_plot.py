@@ -6,8 +6,18 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+COLOURS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
 def _nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
@@ -25,8 +35,15 @@ def _nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
     return ticks
 
 
-def line_plot(series: dict[str, list[tuple[float, float]]], path: str | Path, title: str, xlabel: str, ylabel: str,
-              hlines: dict[str, float] | None = None, size: tuple[int, int] = (900, 560)) -> Path:
+def line_plot(
+    series: dict[str, list[tuple[float, float]]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    hlines: dict[str, float] | None = None,
+    size: tuple[int, int] = (900, 560),
+) -> Path:
     """``series``: name -> [(x, y), ...]; ``hlines``: name -> y drawn dashed across the plot."""
     w, h = size
     left, right, top, bottom = 70, 230, 40, 60
@@ -39,7 +56,10 @@ def line_plot(series: dict[str, list[tuple[float, float]]], path: str | Path, ti
     y0, y1 = min(ys) - 0.5, max(ys) + 0.5
 
     def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x0) / (x1 - x0) * (w - left - right), h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom))
+        return (
+            left + (x - x0) / (x1 - x0) * (w - left - right),
+            h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom),
+        )
 
     draw.rectangle([left, top, w - right, h - bottom], outline="black")
     for t in _nice_ticks(x0, x1):

@@ -33,22 +33,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_common as bc  # noqa: E402
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd  # noqa: E402
-from monai.utils import set_determinism  # noqa: E402
+import bench_common as bc
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
+from monai.utils import set_determinism
 
-from custom.data import load_datalist  # noqa: E402
-from custom.metrics import blockiness, lesion_contrast, masked_psnr, through_plane_ratio  # noqa: E402
-from custom.transforms.spatial import foreground_slice_fractions  # noqa: E402
+from custom.data import load_datalist, pointwise_remap
+from custom.metrics import (
+    blockiness,
+    lesion_contrast,
+    masked_psnr,
+    masked_ssim,
+    through_plane_ratio,
+)
+from custom.transforms import ForegroundSlicesd
 
 # The plain DiT of bundle 0.1.x (D=96, 6 + 2 blocks, 8x8 finest patches, linear unpatchify), fixed here so that the
 # baseline keeps its configuration whatever the bundle's defaults become.
-PLAIN_DIT = {"preset": "S", "hidden_size": 96, "depth": 6, "num_heads": 4, "decoder_depth": 2, "conv_channels": [],
-             "patch_size": [8, 4, 2]}
+PLAIN_DIT = {
+    "preset": "S",
+    "hidden_size": 96,
+    "depth": 6,
+    "num_heads": 4,
+    "decoder_depth": 2,
+    "conv_channels": [],
+    "patch_size": [8, 4, 2],
+}
 PHMDIFF_ROWS = {
     # name: (network overrides of train.json's network_def, mask ratio, MMD weight); None: the bundle's value
     "phmdiff": ({}, None, None),
@@ -69,26 +81,9 @@ SWEEP_STEPS = (10, 5, 3, 2, 1)  # DDIM steps per level tried on the shipped weig
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]  # (1, 1, k, k)
-
-
-def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
-    """2-D SSIM map (N, 1, H-10, W-10) with MONAI's SSIMMetric defaults (Gaussian 11, sigma 1.5, k1 .01, k2 .03)."""
-    w = _gaussian_window().to(x)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mx, my = F.conv2d(x, w), F.conv2d(y, w)
-    sxx = F.conv2d(x * x, w) - mx**2
-    syy = F.conv2d(y * y, w) - my**2
-    sxy = F.conv2d(x * y, w) - mx * my
-    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-
-
-def metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-            lesion: torch.Tensor | None = None) -> dict[str, float]:
+def metrics(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, lesion: torch.Tensor | None = None
+) -> dict[str, float]:
     """PSNR/SSIM/MAE of one subject's evaluated slices (N, 1, H, W), whole and inside ``mask``; blockiness on the
     bundle's finest token grid inside ``mask``; with a ``lesion`` mask, PSNR in lesions and each lesion's contrast
     ratio (``lesion_ratios``, a list, pooled over subjects by :func:`summarise`)."""
@@ -96,16 +91,12 @@ def metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     if lesion is not None and bool((lesion > 0).any()):
         out["psnr_lesion"] = masked_psnr(pred.clamp(-1, 1), target, lesion)
         out["lesion_ratios"] = lesion_contrast(pred.clamp(-1, 1), target, lesion, tissue=mask)
-    pred, target = pred.double().clamp(-1, 1), target.double()
-    inside = mask > 0
-    err = pred - target
-    smap = ssim_map(pred, target)
-    inner = inside[:, :, 5:-5, 5:-5]  # SSIM-map pixels whose window centre is in the brain
-    for name, sel, ssim_sel in (("whole", torch.ones_like(inside), torch.ones_like(inner)), ("brain", inside, inner)):
-        mse = float((err[sel] ** 2).mean())
-        out[f"psnr_{name}"] = 10 * math.log10(4.0 / max(mse, 1e-12))
-        out[f"ssim_{name}"] = float(smap[ssim_sel].mean())
-        out[f"mae_{name}"] = float(err[sel].abs().mean())
+    pred = pred.clamp(-1, 1)
+    err = pred.double() - target.double()
+    for name, region in (("whole", None), ("brain", mask)):
+        out[f"psnr_{name}"] = masked_psnr(pred, target, region)
+        out[f"ssim_{name}"] = masked_ssim(pred, target, region)
+        out[f"mae_{name}"] = float((err if region is None else err[region > 0]).abs().mean())
     return out
 
 
@@ -143,19 +134,22 @@ def load_test_set(parser, dataset_dir: Path, eval_slices: int) -> list[dict]:
     """Test subjects as normalised axial slice stacks (N, 1, H, W) plus brain masks, with the slice indices."""
     load = Compose(parser.get_parsed_content("load_transforms"))
     mask_keys = ["mask", "lesion"]
-    load_mask = Compose([LoadImaged(mask_keys, allow_missing_keys=True), EnsureChannelFirstd(mask_keys, allow_missing_keys=True),
-                         Orientationd(mask_keys, axcodes="RAS", allow_missing_keys=True)])
+    load_mask = Compose(
+        [
+            LoadImaged(mask_keys, allow_missing_keys=True),
+            EnsureChannelFirstd(mask_keys, allow_missing_keys=True),
+            Orientationd(mask_keys, axcodes="RAS", allow_missing_keys=True),
+        ]
+    )
     axis = int(parser["slice_axis"])
     subjects = []
     for entry in load_datalist(dataset_dir / "datalist.json", "test", required_keys=("image", "label", "mask")):
         d = load({"image": entry["image"], "label": entry["label"]})
         masks = load_mask({k: entry[k] for k in mask_keys if k in entry})
         m = masks["mask"]
-        fractions = foreground_slice_fractions(d["image"], axis, -0.8)
-        candidates = np.flatnonzero(fractions >= 0.05)
-        if eval_slices > 0:  # evenly spaced over the foreground slices, edges skipped (as ForegroundSlicesd)
-            positions = np.linspace(0, len(candidates) - 1, eval_slices + 2)[1:-1]
-            index = candidates[np.round(positions).astype(int)]
+        if eval_slices > 0:  # the bundle's validation choice: evenly spaced over the foreground slices, edges skipped
+            picked = ForegroundSlicesd(keys="image", num_slices=eval_slices, spatial_axis=axis)({"image": d["image"]})
+            index = np.array([p["slice_index"] for p in picked])
         else:
             index = np.arange(d["image"].shape[axis + 1])
 
@@ -163,18 +157,28 @@ def load_test_set(parser, dataset_dir: Path, eval_slices: int) -> list[dict]:
             v = torch.as_tensor(v.as_tensor() if hasattr(v, "as_tensor") else v).float()
             return v.movedim(axis + 1, 0)[torch.as_tensor(index)]  # (N, 1, H, W)
 
-        subjects.append({"name": entry["image"], "source": stack(d["image"]), "target": stack(d["label"]),
-                         "mask": stack(m), "slices": index.tolist(),
-                         **({"lesion": stack(masks["lesion"])} if "lesion" in masks else {})})
+        subjects.append(
+            {
+                "name": entry["image"],
+                "source": stack(d["image"]),
+                "target": stack(d["label"]),
+                "mask": stack(m),
+                "slices": index.tolist(),
+                **({"lesion": stack(masks["lesion"])} if "lesion" in masks else {}),
+            }
+        )
     return subjects
 
 
-def predict_all(model, subjects: list[dict], seed: int = 0, chunk: int = 16, limit: int | None = None,
-                **options) -> list[torch.Tensor]:
+def predict_all(
+    model, subjects: list[dict], seed: int = 0, chunk: int = 16, limit: int | None = None, **options
+) -> list[torch.Tensor]:
     out = []
     for s in subjects:
         src = s["source"][:limit] if limit else s["source"]
-        out.append(torch.cat([model.predict(src[i : i + chunk], seed=seed, **options) for i in range(0, len(src), chunk)]))
+        out.append(
+            torch.cat([model.predict(src[i : i + chunk], seed=seed, **options) for i in range(0, len(src), chunk)])
+        )
     return out
 
 
@@ -184,12 +188,16 @@ def sampling_modes(step, subjects: list[dict], preds: list[torch.Tensor], mean_s
     out = {"one_step_x0": score(predict_all(step, subjects, one_step=True), subjects)}
     bundle_steps = int(bc.bundle_parser(bc.INFER_CONFIG)["num_inference_steps"])
     if isinstance(step, bc.PHMDiffStep) and bundle_steps not in (1, step.synth.num_inference_steps):
-        out["bundle_steps"] = {"num_inference_steps": bundle_steps,
-                               **score(predict_all(step, subjects, steps=bundle_steps), subjects)}
+        out["bundle_steps"] = {
+            "num_inference_steps": bundle_steps,
+            **score(predict_all(step, subjects, steps=bundle_steps), subjects),
+        }
     if mean_seeds > 1 and isinstance(step, bc.PHMDiffStep):
         samples = [preds] + [predict_all(step, subjects, seed=s) for s in range(1, mean_seeds)]
-        out["posterior_mean"] = {"seeds": list(range(mean_seeds)),
-                                 **score([torch.stack(p).mean(0) for p in zip(*samples)], subjects)}
+        out["posterior_mean"] = {
+            "seeds": list(range(mean_seeds)),
+            **score([torch.stack(p).mean(0) for p in zip(*samples)], subjects),
+        }
         spread = [float(torch.stack(p).std(0).mean()) for p in zip(*samples)]
         out["posterior_mean"]["mean_sample_std"] = float(np.mean(spread))
     return out
@@ -235,33 +243,16 @@ def training_volumes(parser, dataset_dir: Path) -> list[dict]:
     return [load({"image": e["image"], "label": e["label"]}) for e in entries]
 
 
-def oracle_check(dataset_dir: Path) -> float:
-    """custom.data.simulation.pointwise_mapping_psnr on the whole raw test volumes (brain mask), mean over
-    subjects: the project's own definition of the voxel-wise bound, as a cross-check of oracle_remap."""
-    import nibabel as nib
-
-    from custom.data import pointwise_mapping_psnr
-
-    values = []
-    for e in load_datalist(dataset_dir / "datalist.json", "test", required_keys=("image", "label", "mask")):
-        arrays = [np.asarray(nib.load(e[k]).dataobj, dtype=np.float32) for k in ("image", "label", "mask")]
-        values.append(pointwise_mapping_psnr(*arrays))
-    return float(np.mean(values))
-
-
 def oracle_remap(subjects: list[dict], bins: int = 256) -> dict:
-    """Best pointwise intensity mapping fitted on each test subject itself (conditional mean of the target per
-    source bin; fitted on all evaluated voxels for "whole", on brain voxels for "brain")."""
+    """Best pointwise intensity mapping fitted on each test subject itself (:func:`custom.data.pointwise_remap`:
+    conditional mean of the target per source bin; fitted on all evaluated voxels for "whole", on brain voxels for
+    "brain")."""
     per = []
     for s in subjects:
-        src, tgt, inside = s["source"].double(), s["target"].double(), s["mask"] > 0
-        index = ((src + 1) / 2 * bins).long().clamp(0, bins - 1)
         result = {}
-        for name, sel in (("whole", torch.ones_like(inside)), ("brain", inside)):
-            counts = torch.bincount(index[sel], minlength=bins).double()
-            sums = torch.bincount(index[sel], weights=tgt[sel], minlength=bins)
-            mapping = sums / counts.clamp(min=1)
-            m = metrics(mapping[index].float(), s["target"], s["mask"], s.get("lesion"))
+        for name, fit in (("whole", None), ("brain", s["mask"])):
+            mapping = torch.from_numpy(pointwise_remap(s["source"], s["target"], fit, bins)).float()
+            m = metrics(mapping, s["target"], s["mask"], s.get("lesion"))
             result.update({k: v for k, v in m.items() if k.endswith(name) or (name == "brain" and "_" not in k)})
             if name == "brain":
                 result.update({k: v for k, v in m.items() if "lesion" in k})
@@ -277,16 +268,30 @@ def oracle_remap(subjects: list[dict], bins: int = 256) -> dict:
 def build_row(name: str, ddim_steps: int):
     if name in PHMDIFF_ROWS:
         overrides, ratio, mmd = PHMDIFF_ROWS[name]
-        step = bc.PHMDiffStep(bc.make_phmdiff(**{"num_inference_steps": SAMPLE_STEPS, **overrides}), mask_ratio=ratio,
-                              mmd_weight=mmd)
-        return step, {"network": {**bc.bundle_network_config(), **overrides}, "mask_ratio": step.inferer.mask_ratio,
-                      "mmd_weight": step.loss_fn.mmd_weight, "learning_rate": bc.bundle_learning_rate()}
+        step = bc.PHMDiffStep(
+            bc.make_phmdiff(**{"num_inference_steps": SAMPLE_STEPS, **overrides}), mask_ratio=ratio, mmd_weight=mmd
+        )
+        return step, {
+            "network": {**bc.bundle_network_config(), **overrides},
+            "mask_ratio": step.inferer.mask_ratio,
+            "mmd_weight": step.loss_fn.mmd_weight,
+            "learning_rate": bc.bundle_learning_rate(),
+        }
     if name == "unet_l1":
-        return bc.UNetL1Step(), {"learning_rate": bc.BASELINE_LEARNING_RATE, "network": "monai.networks.nets.UNet", **{k: list(v) if isinstance(v, tuple) else v for k, v in bc.UNET_L1_ARGS.items()}, "loss": "L1"}
+        return bc.UNetL1Step(), {
+            "learning_rate": bc.BASELINE_LEARNING_RATE,
+            "network": "monai.networks.nets.UNet",
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in bc.UNET_L1_ARGS.items()},
+            "loss": "L1",
+        }
     if name == "ddpm_unet":
         return bc.DDPMUNetStep(ddim_steps=ddim_steps), {
-            "network": "monai DiffusionModelUNet", "learning_rate": bc.BASELINE_LEARNING_RATE, **{k: list(v) if isinstance(v, tuple) else v for k, v in bc.DDPM_UNET_ARGS.items()},
-            "train": "DDPM, 1000 linear-beta steps, epsilon-MSE", "sampler": f"DDIM {ddim_steps} steps, eta 0"}
+            "network": "monai DiffusionModelUNet",
+            "learning_rate": bc.BASELINE_LEARNING_RATE,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in bc.DDPM_UNET_ARGS.items()},
+            "train": "DDPM, 1000 linear-beta steps, epsilon-MSE",
+            "sampler": f"DDIM {ddim_steps} steps, eta 0",
+        }
     raise ValueError(name)
 
 
@@ -320,7 +325,10 @@ def train_row(name, loader, preprocessing, seed, budget, curve_fracs, curve_eval
             batch = next(it)
         for group, base_lr in zip(step.opt.param_groups, base_lrs):
             group["lr"] = base_lr * schedule_factor(schedule, trained / budget)
-        source, target = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"], batch["label"]
+        source, target = (
+            batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"],
+            batch["label"],
+        )
         target = target.as_tensor() if hasattr(target, "as_tensor") else target
         losses.append(step.train_on(source.float(), target.float()))
         trained += time.perf_counter() - start
@@ -332,8 +340,16 @@ def train_row(name, loader, preprocessing, seed, budget, curve_fracs, curve_eval
         while pending and trained >= pending[0] and trained < budget:
             pending.pop(0)
             curve.append({"train_seconds": trained, "steps": steps, **curve_eval(step)})
-    info.update({"train_seconds": trained, "steps": steps, "images": images, "seed": seed,
-                 "final_loss_mean_last10": float(np.mean(losses[-10:])) if losses else None, "curve": curve})
+    info.update(
+        {
+            "train_seconds": trained,
+            "steps": steps,
+            "images": images,
+            "seed": seed,
+            "final_loss_mean_last10": float(np.mean(losses[-10:])) if losses else None,
+            "curve": curve,
+        }
+    )
     return step, info
 
 
@@ -358,11 +374,15 @@ def main() -> None:
     loader = cfg.get_parsed_content("train#dataloader")
     preprocessing = cfg.get_parsed_content("train#preprocessing")
     subjects = load_test_set(cfg, dataset_dir, args.eval_slices)
-    curve_subjects = [{k: (v[: args.curve_slices] if torch.is_tensor(v) else v) for k, v in s.items()} for s in subjects]
+    curve_subjects = [
+        {k: (v[: args.curve_slices] if torch.is_tensor(v) else v) for k, v in s.items()} for s in subjects
+    ]
     data_seconds = time.perf_counter() - wall
 
     def curve_eval(step) -> dict:
-        return {k: v for k, v in score(predict_all(step, curve_subjects), curve_subjects).items() if not k.endswith("_std")}
+        return {
+            k: v for k, v in score(predict_all(step, curve_subjects), curve_subjects).items() if not k.endswith("_std")
+        }
 
     rows: dict[str, dict] = {}
     start = time.perf_counter()
@@ -372,25 +392,38 @@ def main() -> None:
     rows["linear_remap"]["fit"] = linear_fit
     rows["oracle_remap"] = oracle_remap(subjects)
     rows["oracle_remap"]["note"] = "fitted on each test subject itself: an upper bound for voxel-wise mappings"
-    rows["oracle_remap"]["check_psnr_brain_whole_volumes_custom_simulation"] = oracle_check(dataset_dir)
     baseline_seconds = time.perf_counter() - start
 
     for name in [r for r in args.rows.split(",") if r]:
-        step, info = train_row(name, loader, preprocessing, args.seed, args.budget,
-                               [(i + 1) / (args.curve_points + 1) for i in range(args.curve_points)], curve_eval,
-                               args.ddim_steps)
+        step, info = train_row(
+            name,
+            loader,
+            preprocessing,
+            args.seed,
+            args.budget,
+            [(i + 1) / (args.curve_points + 1) for i in range(args.curve_points)],
+            curve_eval,
+            args.ddim_steps,
+        )
         start = time.perf_counter()
         preds = predict_all(step, subjects, seed=0)
         info["eval_seconds"] = time.perf_counter() - start
         info.update(score(preds, subjects))
         final_curve = score(preds, subjects, limit=args.curve_slices)
-        info["curve"].append({"train_seconds": info["train_seconds"], "steps": info["steps"],
-                              **{k: v for k, v in final_curve.items() if not k.endswith("_std")}})
+        info["curve"].append(
+            {
+                "train_seconds": info["train_seconds"],
+                "steps": info["steps"],
+                **{k: v for k, v in final_curve.items() if not k.endswith("_std")},
+            }
+        )
         if name in PHMDIFF_ROWS or name == "ddpm_unet":
             info.update(sampling_modes(step, subjects, preds, args.mean_seeds))
         rows[name] = info
-        print(f"{name}: {info['steps']} steps, psnr_whole {info['psnr_whole']:.2f}, ssim_whole {info['ssim_whole']:.4f}",
-              flush=True)
+        print(
+            f"{name}: {info['steps']} steps, psnr_whole {info['psnr_whole']:.2f}, ssim_whole {info['ssim_whole']:.4f}",
+            flush=True,
+        )
         del step
 
     shipped = Path(args.shipped)
@@ -399,13 +432,20 @@ def main() -> None:
         synth.load_state_dict(torch.load(shipped, map_location="cpu", weights_only=True))
         step = bc.PHMDiffStep(synth)
         preds = predict_all(step, subjects, seed=0)
-        row = {"checkpoint": str(shipped), "network": bc.bundle_network_config(bc.INFER_CONFIG), **score(preds, subjects)}
+        row = {
+            "checkpoint": str(shipped),
+            "network": bc.bundle_network_config(bc.INFER_CONFIG),
+            **score(preds, subjects),
+        }
         row.update(sampling_modes(step, subjects, preds, args.mean_seeds))
         row["steps_sweep"] = {}
         for steps in SWEEP_STEPS:
             start = time.perf_counter()
             sweep_preds = predict_all(step, subjects, steps=steps)
-            row["steps_sweep"][str(steps)] = {"predict_seconds": time.perf_counter() - start, **score(sweep_preds, subjects)}
+            row["steps_sweep"][str(steps)] = {
+                "predict_seconds": time.perf_counter() - start,
+                **score(sweep_preds, subjects),
+            }
         rows["phmdiff_shipped"] = row
     else:
         rows["phmdiff_shipped"] = {"skipped": f"no checkpoint at {shipped}"}

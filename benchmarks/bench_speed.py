@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_common as bc  # noqa: E402
+import bench_common as bc
 
 MNI_SHAPE = (197, 233, 189)  # MNI ICBM152 1 mm grid
 MNI_ORIGIN = (-98.0, -134.0, -72.0)
@@ -70,8 +70,10 @@ def hourglass_share() -> dict:
     # a ModuleList has no entry of its own: count its children, one name level below it
     conv = sum(sum(v.values()) for k, v in counts.items() if k.count(".") == 2 and k.split(".")[1] in parts)
     params = sum(q.numel() for p in parts for q in getattr(den, p).parameters())
-    return {"flops_fraction": conv / counter.get_total_flops(),
-            "params_fraction": params / sum(q.numel() for q in den.parameters())}
+    return {
+        "flops_fraction": conv / counter.get_total_flops(),
+        "params_fraction": params / sum(q.numel() for q in den.parameters()),
+    }
 
 
 def profile_step(fn, top: int = 12) -> dict:
@@ -85,13 +87,32 @@ def profile_step(fn, top: int = 12) -> dict:
     groups = {
         "gemm (mm/addmm/bmm/linear)": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul"),
         "attention (sdpa)": ("aten::_scaled_dot_product", "aten::scaled_dot_product"),
-        "convolution": ("aten::convolution", "aten::_convolution", "aten::mkldnn_convolution", "aten::conv",
-                        "aten::convolution_backward", "aten::_slow_conv2d", "aten::thnn_conv"),
+        "convolution": (
+            "aten::convolution",
+            "aten::_convolution",
+            "aten::mkldnn_convolution",
+            "aten::conv",
+            "aten::convolution_backward",
+            "aten::_slow_conv2d",
+            "aten::thnn_conv",
+        ),
         "normalisation": ("aten::native_layer_norm", "aten::native_group_norm", "aten::layer_norm", "aten::group_norm"),
         "copies/reshapes (copy_, cat, index, gather, scatter, pad)": (
-            "aten::copy_", "aten::cat", "aten::index", "aten::gather", "aten::scatter", "aten::clone",
-            "aten::replication_pad", "aten::constant_pad", "aten::reflection_pad", "aten::repeat_interleave",
-            "aten::contiguous", "aten::_to_copy", "aten::index_select", "aten::take_along_dim"),
+            "aten::copy_",
+            "aten::cat",
+            "aten::index",
+            "aten::gather",
+            "aten::scatter",
+            "aten::clone",
+            "aten::replication_pad",
+            "aten::constant_pad",
+            "aten::reflection_pad",
+            "aten::repeat_interleave",
+            "aten::contiguous",
+            "aten::_to_copy",
+            "aten::index_select",
+            "aten::take_along_dim",
+        ),
     }
     shares = {name: 0.0 for name in groups}
     shares["other (elementwise, optimiser, ...)"] = 0.0
@@ -107,8 +128,12 @@ def profile_step(fn, top: int = 12) -> dict:
         "total_self_cpu_s": total / 1e6,
         "share_by_group": {k: round(v / total, 4) for k, v in shares.items()},
         "top_ops": [
-            {"op": e.key, "self_cpu_s": round(e.self_cpu_time_total / 1e6, 4), "share": round(e.self_cpu_time_total / total, 4),
-             "calls": e.count}
+            {
+                "op": e.key,
+                "self_cpu_s": round(e.self_cpu_time_total / 1e6, 4),
+                "share": round(e.self_cpu_time_total / total, 4),
+                "calls": e.count,
+            }
             for e in ranked
         ],
     }
@@ -335,25 +360,33 @@ def part_whatif(quick: bool) -> dict:
         full.load_state_dict(base.state_dict())
         setups[f"{name} masked"] = bc.PHMDiffStep(base, mask_ratio=ratio)
         setups[f"{name} r=0"] = bc.PHMDiffStep(full, mask_ratio=0.0)
-    unique = {k: v for k, v in setups.items() if not (k.endswith("r=0") and not k.startswith(("r0.5_dec1", "r0.5_dec2", "r0.5_dec0")))}
+    unique = {
+        k: v
+        for k, v in setups.items()
+        if not (k.endswith("r=0") and not k.startswith(("r0.5_dec1", "r0.5_dec2", "r0.5_dec0")))
+    }
     step = bc.round_robin(unique, warmup=1, repeats=3 if quick else 7)
     flops = {k: step_flops(s) for k, s in unique.items()}
     masking = {}
     for name, (ratio, dec) in variants.items():
         nomask = next(k for k in unique if k.endswith("r=0") and k.split(" ")[0].endswith(f"dec{dec}"))
-        masking[name] = {"speedup_measured": step[nomask] / step[f"{name} masked"],
-                         "flop_ratio": flops[nomask] / flops[f"{name} masked"],
-                         "block_bound_(depth+dec)/(depth*(1-r)+dec)": (depth + dec) / (depth * (1 - ratio) + dec),
-                         "step_s": step[f"{name} masked"]}
+        masking[name] = {
+            "speedup_measured": step[nomask] / step[f"{name} masked"],
+            "flop_ratio": flops[nomask] / flops[f"{name} masked"],
+            "block_bound_(depth+dec)/(depth*(1-r)+dec)": (depth + dec) / (depth * (1 - ratio) + dec),
+            "step_s": step[f"{name} masked"],
+        }
     gemm = {}
     den = bc.make_phmdiff().denoiser
     d, hidden = den.hidden_size, int(den.blocks[0].mlp.linear1.out_features)
     grid = [-(-s // den.token_stride(0)) for s in bc.DEMO_SIZE]
     tokens = bc.BATCH * (grid[0] * grid[1] // 2)  # B x kept tokens of the finest level at r = 0.5
-    for label, (m, k, n) in {f"qkv (B*K x {d} x {3 * d})": (tokens, d, 3 * d),
-                             f"mlp up (B*K x {d} x {hidden})": (tokens, d, hidden),
-                             f"mlp down (B*K x {hidden} x {d})": (tokens, hidden, d),
-                             "2048^2": (2048, 2048, 2048)}.items():
+    for label, (m, k, n) in {
+        f"qkv (B*K x {d} x {3 * d})": (tokens, d, 3 * d),
+        f"mlp up (B*K x {d} x {hidden})": (tokens, d, hidden),
+        f"mlp down (B*K x {hidden} x {d})": (tokens, hidden, d),
+        "2048^2": (2048, 2048, 2048),
+    }.items():
         a, b = torch.randn(m, k), torch.randn(k, n)
         for _ in range(3):
             a @ b
@@ -362,8 +395,12 @@ def part_whatif(quick: bool) -> dict:
         for _ in range(reps):
             a @ b
         gemm[label] = 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9
-    return {"masking": masking, "gemm_gflops_at_model_shapes": gemm, "hourglass_share": hourglass_share(),
-            "load_average": bc.load_average()}
+    return {
+        "masking": masking,
+        "gemm_gflops_at_model_shapes": gemm,
+        "hourglass_share": hourglass_share(),
+        "load_average": bc.load_average(),
+    }
 
 
 def part_policy_probe(quick: bool) -> dict:
@@ -378,13 +415,19 @@ def part_policy_probe(quick: bool) -> dict:
         start = time.perf_counter()
         synth(source)
         seconds = time.perf_counter() - start
-    return {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "seconds_4_slices_99x117": seconds, "load_average": bc.load_average()}
+    return {
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "seconds_4_slices_99x117": seconds,
+        "load_average": bc.load_average(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["train", "sample", "volume_bundle", "volume_native", "rss_train", "policy_probe", "whatif"])
+    parser.add_argument(
+        "part", choices=["train", "sample", "volume_bundle", "volume_native", "rss_train", "policy_probe", "whatif"]
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--shipped", default=None, help="checkpoint for volume_bundle (else random init)")
     parser.add_argument("--out", required=True)

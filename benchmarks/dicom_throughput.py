@@ -1,21 +1,19 @@
-"""DICOM batch throughput: series per minute for 128×128×N MR series through ``DicomBatchSynthesis`` on CPU.
+"""DICOM batch throughput: series per minute for 128×128×N MR series through the bundle's DICOM run on CPU.
 
-The series are real anatomy (the MNI152 T1 template shipped with nilearn, resampled to 128×128×N, written one file
-per slice with oblique-free axial geometry and shuffled file names). The network comes from a factory so the real
-synthesiser can be measured once it exists; by default a stand-in (2·x + 1) measures the I/O and transform cost
-alone: reading, sorting and validating slices, preprocessing, inversion, 16-bit rescale and writing.
+The series are real anatomy (the MNI152 T1 template shipped with nilearn, resampled to 128×128×N), written one file
+per slice with oblique-free axial geometry and shuffled file names (``custom.io.write_dicom_series``). The run is the
+bundle's own: ``dicom_synthesis`` of inference.json + inference_dicom.json (preprocessing, the configured inferer
+and network, postprocessing without savers), the shipped weights loaded as the bundle's ``run`` loads them, so the
+figure covers reading, sorting and validating slices, preprocessing, the synthesis itself (the configured
+``num_inference_steps``), inversion, 16-bit rescale and writing.
 
-    python benchmarks/dicom_throughput.py                       # stand-in network, 4 series of 128×128×32
+    python benchmarks/dicom_throughput.py                       # 4 series of 128×128×32
     python benchmarks/dicom_throughput.py --slices 64 --series 2
-    python benchmarks/dicom_throughput.py --network custom.networks:PHMDiffSynthesizer \
-        --network-kwargs '{"spatial_dims": 2, "in_channels": 1, "out_channels": 1}' --slice-inferer
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import shutil
 import sys
 import tempfile
@@ -25,44 +23,47 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from monai.inferers import SimpleInferer, SliceInferer  # noqa: E402
-from monai.transforms import (  # noqa: E402
-    Compose,
-    EnsureChannelFirstd,
-    Invertd,
-    LoadImaged,
-    Orientationd,
-    ScaleIntensityd,
-)
+from monai.bundle import ConfigParser  # noqa: E402
 
-from custom.io import DicomBatchSynthesis, DicomSeriesReader  # noqa: E402
-from tests.test_dicom_fixtures import AffineStandIn, write_series  # noqa: E402
+from custom.data import load_mni152  # noqa: E402
+from custom.io import write_dicom_series  # noqa: E402
+
+CONFIGS = ROOT / "bundle" / "configs"
 
 
 def mni_128(slices: int) -> np.ndarray:
-    from nilearn.datasets import load_mni152_template
-
-    vol = torch.as_tensor(np.asarray(load_mni152_template(resolution=2).get_fdata(), np.float32))
+    vol = torch.tensor(load_mni152("t1", 2)[0])  # a copy: the cached template is read-only
     vol = torch.nn.functional.interpolate(vol[None, None], size=(128, 128, slices), mode="trilinear")[0, 0]
     return (vol / vol.max() * 900.0).numpy()
 
 
-def make_network(spec: str | None, kwargs: dict) -> torch.nn.Module:
-    if not spec:
-        return AffineStandIn()  # no learned cost: the figure is the pipeline's own
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)(**kwargs)
+def bundle_dicom_run(input_dir: Path, output_dir: Path, ckpt_path: str | None = None):
+    """The bundle's ``dicom_synthesis`` (inference.json + inference_dicom.json) on CPU, its network holding the
+    checkpoint as the config's ``run`` loads it."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "inference_dicom.json")])
+    parser.update(
+        {
+            "input_dir": str(input_dir),
+            "output_dir": str(output_dir),
+            "device": "$torch.device('cpu')",
+            "inferer#progress": False,
+            **({"ckpt_path": ckpt_path} if ckpt_path else {}),
+        }
+    )
+    parser.parse()
+    parser.get_parsed_content("network").load_state_dict(parser.get_parsed_content("checkpoint"))
+    return parser.get_parsed_content("dicom_synthesis"), parser
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--series", type=int, default=4)
     p.add_argument("--slices", type=int, default=32)
-    p.add_argument("--network", default=None, help="module:factory (default: stand-in 2x+1)")
-    p.add_argument("--network-kwargs", default="{}")
-    p.add_argument("--slice-inferer", action="store_true", help="run a 2-D network slice by slice")
+    p.add_argument("--ckpt", default=None, help="weights (default: the bundle's ckpt_path, models/model.pt)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,26 +72,17 @@ def main() -> None:
     try:
         vol = mni_128(args.slices)
         for i in range(args.series):
-            write_series(tmp / "in" / f"s{i}", vol, spacing=(1.5, 1.5, 2.0), seed=i, description=f"T1w {i}")
-        pre = Compose(
-            [
-                LoadImaged(keys="image", reader=DicomSeriesReader()),
-                EnsureChannelFirstd(keys="image"),
-                Orientationd(keys="image", axcodes="RAS"),
-                ScaleIntensityd(keys="image", minv=-1.0, maxv=1.0),
-            ]
-        )
-        post = Compose([Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False)])
-        inferer = SliceInferer(roi_size=(-1, -1), spatial_dim=2) if args.slice_inferer else SimpleInferer()
-        network = make_network(args.network, json.loads(args.network_kwargs))
-        runner = DicomBatchSynthesis(tmp / "in", tmp / "out", pre, inferer, network, post, device="cpu")
+            write_dicom_series(tmp / "in" / f"s{i}", vol, spacing=(1.5, 1.5, 2.0), seed=i, description=f"T1w {i}")
+        runner, parser = bundle_dicom_run(tmp / "in", tmp / "out", args.ckpt)
         t0 = time.perf_counter()
         records = runner.run()
         wall = time.perf_counter() - t0
         written = [r for r in records if r.status == "written"]
+        if not written:
+            raise SystemExit(f"no series written: {[(r.status, r.reason) for r in records]}")
         per_series = [r.seconds for r in written]
         print(
-            f"DICOM throughput ({'stand-in 2x+1' if not args.network else args.network}, CPU, "
+            f"DICOM throughput (bundle network, {parser['num_inference_steps']} steps per level, CPU, "
             f"{torch.get_num_threads()} threads): {len(written)} series of 128x128x{args.slices}, "
             f"{wall:.2f} s total (incl. folder scan), {60 * len(written) / wall:.1f} series/min; "
             f"per series median {np.median(per_series):.2f} s"

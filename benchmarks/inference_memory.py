@@ -58,8 +58,14 @@ def child(size: int, depth: int, slice_batch_size: int, preset: str, steps: int)
         post(item)
         seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"shape": [size, size, depth], "voxels": size * size * depth, "baseline_mb": baseline,
-            "loaded_mb": before, "peak_mb": peak, "seconds": seconds}  # fmt: skip
+    return {
+        "shape": [size, size, depth],
+        "voxels": size * size * depth,
+        "baseline_mb": baseline,
+        "loaded_mb": before,
+        "peak_mb": peak,
+        "seconds": seconds,
+    }
 
 
 def main() -> None:
@@ -76,11 +82,25 @@ def main() -> None:
         print(json.dumps(child(args.child, depth, args.slice_batch_size, args.preset, args.steps)))
         return
     print(f"preset {args.preset}, {args.steps} step(s), slice_batch_size {args.slice_batch_size}")
-    print(f"{'shape':>16} {'Mvoxels':>8} {'float32 MB':>10} {'RSS before MB':>13} {'peak RSS MB':>11} "
-          f"{'growth MB':>9} {'growth/vol':>10} {'seconds':>8}")  # fmt: skip
+    print(
+        f"{'shape':>16} {'Mvoxels':>8} {'float32 MB':>10} {'RSS before MB':>13} {'peak RSS MB':>11} "
+        f"{'growth MB':>9} {'growth/vol':>10} {'seconds':>8}"
+    )
     for size in args.sizes:
-        cmd = [sys.executable, __file__, "--child", str(size), "--slice_batch_size", str(args.slice_batch_size),
-               "--preset", args.preset, "--steps", str(args.steps), "--depth", str(args.depth)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(size),
+            "--slice_batch_size",
+            str(args.slice_batch_size),
+            "--preset",
+            args.preset,
+            "--steps",
+            str(args.steps),
+            "--depth",
+            str(args.depth),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if out.returncode:
             print(f"{size}: failed\n{out.stderr[-2000:]}")
@@ -88,8 +108,10 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         volume_mb = r["voxels"] * 4 / 2**20
         growth = r["peak_mb"] - r["loaded_mb"]
-        print(f"{'x'.join(map(str, r['shape'])):>16} {r['voxels'] / 1e6:8.2f} {volume_mb:10.1f} {r['loaded_mb']:13.0f} "
-              f"{r['peak_mb']:11.0f} {growth:9.0f} {growth / volume_mb:10.1f} {r['seconds']:8.1f}")  # fmt: skip
+        print(
+            f"{'x'.join(map(str, r['shape'])):>16} {r['voxels'] / 1e6:8.2f} {volume_mb:10.1f} {r['loaded_mb']:13.0f} "
+            f"{r['peak_mb']:11.0f} {growth:9.0f} {growth / volume_mb:10.1f} {r['seconds']:8.1f}"
+        )
 
 
 if __name__ == "__main__":

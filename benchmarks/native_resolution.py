@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_common as bc  # noqa: E402
-import bench_quality as bq  # noqa: E402
-from custom.data import generate_demo_dataset  # noqa: E402
-from custom.metrics import blockiness, masked_psnr, through_plane_ratio  # noqa: E402
+import bench_common as bc
+import bench_quality as bq
+from custom.data import generate_demo_dataset
+from custom.metrics import blockiness, masked_psnr, through_plane_ratio
 
 
 def main() -> None:
@@ -58,8 +58,9 @@ def main() -> None:
         row["native_1mm_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         low = F.interpolate(src, scale_factor=0.5, mode="trilinear", align_corners=False)
-        preds["via_2mm"] = F.interpolate(volume(slices(low[0].permute(3, 0, 1, 2))), size=src.shape[2:], mode="trilinear",
-                                         align_corners=False)  # fmt: skip
+        preds["via_2mm"] = F.interpolate(
+            volume(slices(low[0].permute(3, 0, 1, 2))), size=src.shape[2:], mode="trilinear", align_corners=False
+        )
         row["via_2mm_seconds"] = time.perf_counter() - start
         for name, pred in preds.items():
             pred = pred.clamp(-1, 1)
@@ -68,7 +69,9 @@ def main() -> None:
             row[f"{name}_blockiness"] = blockiness(pred, tgt, bc.finest_token_stride(), mask)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    Path(args.out).write_text(json.dumps({"num_inference_steps": synth.num_inference_steps, "subjects": rows}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"num_inference_steps": synth.num_inference_steps, "subjects": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

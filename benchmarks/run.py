@@ -34,19 +34,38 @@ sys.path.insert(0, str(HERE))
 from bench_plot import line_plot  # noqa: E402  (Pillow only)
 
 PARTS = ["policy_probe", "train", "whatif", "rss_train", "sample", "volume_bundle", "volume_native", "quality"]
-PAPER = {"dataset": "BraTS 2021 T1->T2 (real patients; these results use simulated demo data: not comparable)",
-         "psnr": 28.32, "psnr_std": 1.16, "ssim": 0.9242, "ssim_std": 0.0153}
-LEARNED = ["phmdiff", "phmdiff_no_mmd", "phmdiff_no_masking", "phmdiff_one_level", "phmdiff_no_hourglass",
-           "phmdiff_no_transformer", "dit_single_level", "unet_l1", "ddpm_unet"]
+PAPER = {
+    "dataset": "BraTS 2021 T1->T2 (real patients; these results use simulated demo data: not comparable)",
+    "psnr": 28.32,
+    "psnr_std": 1.16,
+    "ssim": 0.9242,
+    "ssim_std": 0.0153,
+}
+LEARNED = [
+    "phmdiff",
+    "phmdiff_no_mmd",
+    "phmdiff_no_masking",
+    "phmdiff_one_level",
+    "phmdiff_no_hourglass",
+    "phmdiff_no_transformer",
+    "dit_single_level",
+    "unet_l1",
+    "ddpm_unet",
+]
 
 
 def settings(quick: bool) -> dict:
     if quick:
-        return {"budget": 20.0, "eval_slices": 4, "curve_slices": 2, "curve_points": 1, "ddim_steps": 5,
-                "mean_seeds": 3}
+        return {
+            "budget": 20.0,
+            "eval_slices": 4,
+            "curve_slices": 2,
+            "curve_points": 1,
+            "ddim_steps": 5,
+            "mean_seeds": 3,
+        }
     # 16 slices per subject, not whole volumes: the DDPM baseline needs ~0.4 s per slice and DDIM step on 2 cores
-    return {"budget": 300.0, "eval_slices": 16, "curve_slices": 2, "curve_points": 2, "ddim_steps": 10,
-            "mean_seeds": 3}
+    return {"budget": 300.0, "eval_slices": 16, "curve_slices": 2, "curve_points": 2, "ddim_steps": 10, "mean_seeds": 3}
 
 
 def concurrent_jobs() -> list[str]:
@@ -61,7 +80,9 @@ def concurrent_jobs() -> list[str]:
 def run_part(name: str, args: list[str], env: dict, timeout: float, log: Path) -> dict:
     out = Path(tempfile.mkstemp(prefix=f"phmdiff_{name}_", suffix=".json")[1])
     script = HERE / ("bench_quality.py" if name == "quality" else "bench_speed.py")
-    cmd = [sys.executable, str(script)] + ([] if name == "quality" else [name.split(":")[0]]) + args + ["--out", str(out)]
+    cmd = (
+        [sys.executable, str(script)] + ([] if name == "quality" else [name.split(":")[0]]) + args + ["--out", str(out)]
+    )
     before, start = list(os.getloadavg()), time.perf_counter()
     print(f"[{datetime.now():%H:%M:%S}] {name} ...", flush=True)
     try:
@@ -69,13 +90,18 @@ def run_part(name: str, args: list[str], env: dict, timeout: float, log: Path) -
             fh.write(f"\n### {name}: {' '.join(cmd)}\n")
             fh.flush()
             proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout)
-        result = json.loads(out.read_text()) if proc.returncode == 0 else {"error": f"exit {proc.returncode}, see {log}"}
+        result = (
+            json.loads(out.read_text()) if proc.returncode == 0 else {"error": f"exit {proc.returncode}, see {log}"}
+        )
     except subprocess.TimeoutExpired:
         result = {"error": f"timed out after {timeout:.0f} s"}
     result["_wall_seconds"] = time.perf_counter() - start
     result["_load_average_before_after"] = [[round(v, 2) for v in before], [round(v, 2) for v in os.getloadavg()]]
-    print(f"[{datetime.now():%H:%M:%S}] {name} done in {result['_wall_seconds']:.0f} s"
-          + (f" -- {result['error']}" if "error" in result else ""), flush=True)
+    print(
+        f"[{datetime.now():%H:%M:%S}] {name} done in {result['_wall_seconds']:.0f} s"
+        + (f" -- {result['error']}" if "error" in result else ""),
+        flush=True,
+    )
     return result
 
 
@@ -109,7 +135,9 @@ def headline(parts: dict) -> dict:
         r["ddpm_unet_train_fraction_of_gemm_peak"] = tr["gflops_per_s"]["ddpm_unet"] / tr["gemm_peak_gflops"]
     if "phmdiff_seconds_per_slice" in sa:
         r["sample_seconds_per_slice"] = sa["phmdiff_seconds_per_slice"]
-        r["sample_speedup_vs_ddpm_unet"] = sa["ddpm_unet_1000_steps_seconds_per_slice"] / sa["phmdiff_seconds_per_slice"]
+        r["sample_speedup_vs_ddpm_unet"] = (
+            sa["ddpm_unet_1000_steps_seconds_per_slice"] / sa["phmdiff_seconds_per_slice"]
+        )
         r["ddpm_unet_1000_steps_seconds_per_slice"] = sa["ddpm_unet_1000_steps_seconds_per_slice"]
     if "seconds_total" in vb:
         r["sample_seconds_per_volume"] = vb["seconds_total"]
@@ -131,12 +159,27 @@ def goals(r: dict, quality: dict) -> dict:
     add("train_speedup_mask_vs_nomask", r.get("train_speedup_mask_vs_nomask"), ">=", 2.0)
     add("train_speedup_vs_ddpm_unet", r.get("train_speedup_vs_ddpm_unet"), ">=", 5.0)
     add("train_fraction_of_gemm_peak", r.get("train_fraction_of_gemm_peak"), ">=", 0.5)
-    add("sample_speedup_vs_ddpm_unet", r.get("sample_speedup_vs_ddpm_unet"), ">=", 100.0,
-        "DDPM: 1000 steps, timed on a measured subset of steps and scaled linearly")
-    add("sample_seconds_per_volume", r.get("sample_seconds_per_volume"), "<", 180.0,
-        "bundle pipeline: resampled to 2 mm, synthesised, inverted to 1 mm")
-    add("sample_seconds_per_volume_native_1mm", r.get("sample_seconds_per_volume_native_1mm"), "<", 180.0,
-        "native 1 mm slice-wise, extrapolated from one measured batch")
+    add(
+        "sample_speedup_vs_ddpm_unet",
+        r.get("sample_speedup_vs_ddpm_unet"),
+        ">=",
+        100.0,
+        "DDPM: 1000 steps, timed on a measured subset of steps and scaled linearly",
+    )
+    add(
+        "sample_seconds_per_volume",
+        r.get("sample_seconds_per_volume"),
+        "<",
+        180.0,
+        "bundle pipeline: resampled to 2 mm, synthesised, inverted to 1 mm",
+    )
+    add(
+        "sample_seconds_per_volume_native_1mm",
+        r.get("sample_seconds_per_volume_native_1mm"),
+        "<",
+        180.0,
+        "native 1 mm slice-wise, extrapolated from one measured batch",
+    )
     rows = quality.get("rows", {})
     ph = rows.get("phmdiff", {})
     if "psnr_whole" in ph:
@@ -145,11 +188,21 @@ def goals(r: dict, quality: dict) -> dict:
                 key = f"{metric}_{region}"
                 others = {k: v[key] for k, v in rows.items() if k not in ("phmdiff", "phmdiff_shipped") and key in v}
                 best_other = max(others, key=others.get) if others else None
-                add(f"phmdiff_best_{key}", ph[key] - (others[best_other] if best_other else 0.0), ">=", 0.0,
-                    f"margin over the best other row ({best_other}: {others.get(best_other, float('nan')):.4f})")
+                add(
+                    f"phmdiff_best_{key}",
+                    ph[key] - (others[best_other] if best_other else 0.0),
+                    ">=",
+                    0.0,
+                    f"margin over the best other row ({best_other}: {others.get(best_other, float('nan')):.4f})",
+                )
         for region in ("whole", "brain"):
             o = rows.get("oracle_remap", {}).get(f"psnr_{region}")
-            add(f"phmdiff_psnr_{region}_minus_oracle_remap_db", None if o is None else ph[f"psnr_{region}"] - o, ">=", 2.0)
+            add(
+                f"phmdiff_psnr_{region}_minus_oracle_remap_db",
+                None if o is None else ph[f"psnr_{region}"] - o,
+                ">=",
+                2.0,
+            )
         add("phmdiff_blockiness", ph.get("blockiness"), "<=", 1.10, "finest token grid, inside the brain")
         contrast = ph.get("lesion_contrast")
         add("phmdiff_lesion_contrast_at_least", contrast, ">=", 0.75, "synthesis / target lesion-to-ring contrast")
@@ -176,7 +229,7 @@ def markdown(result: dict) -> str:
         "train_gflops_per_s": "FlopCounterMode FLOPs of forward+backward / median step time",
         "train_fraction_of_gemm_peak": "of the fp32 2048^2 torch.matmul peak measured in the same run",
         "sample_seconds_per_slice": f"256x256, {parts.get('sample', {}).get('phmdiff_levels', 3)} levels x "
-                                    f"{parts.get('sample', {}).get('phmdiff_steps_per_level', '?')} DDIM steps",
+        f"{parts.get('sample', {}).get('phmdiff_steps_per_level', '?')} DDIM steps",
         "sample_speedup_vs_ddpm_unet": "DDPM 1000 steps at 256x256: measured subset of steps, scaled linearly",
         "sample_seconds_per_volume": "197x233x189 1 mm through inference.json (resample to 2 mm, synthesise, invert, write)",
         "sample_seconds_per_volume_native_1mm": "189 slices of 197x233 at 1 mm: one measured batch, extrapolated",
@@ -186,41 +239,65 @@ def markdown(result: dict) -> str:
     lines = ["| key | value | goal | met | what |", "| --- | ---: | --- | --- | --- |"]
     for key, note in notes.items():
         goal = g.get(key, {})
-        lines.append(f"| `{key}` | {fmt(r.get(key))} | {goal.get('goal', '')} | {fmt(goal.get('met')) if goal else ''} | {note} |")
+        lines.append(
+            f"| `{key}` | {fmt(r.get(key))} | {goal.get('goal', '')} | {fmt(goal.get('met')) if goal else ''} | {note} |"
+        )
     q = parts.get("quality", {})
     rows = q.get("rows", {})
     if rows:
-        lines += ["", f"Quality on the demo test split ({len(q.get('test_subjects', []))} subjects, "
-                  f"{q.get('eval_slices_per_subject')} axial slices each; mean ± std over subjects; learned rows "
-                  f"trained {q.get('budget_seconds_per_row')} s each, seed {q.get('seed')}; DDPM sampled with DDIM "
-                  f"{q.get('ddim_steps_ddpm_unet')} steps)", "",
-                  "| row | PSNR whole | SSIM whole | PSNR brain | SSIM brain | MAE brain | PSNR lesion | lesion contrast "
-                  "| blockiness | steps | train s |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            f"Quality on the demo test split ({len(q.get('test_subjects', []))} subjects, "
+            f"{q.get('eval_slices_per_subject')} axial slices each; mean ± std over subjects; learned rows "
+            f"trained {q.get('budget_seconds_per_row')} s each, seed {q.get('seed')}; DDPM sampled with DDIM "
+            f"{q.get('ddim_steps_ddpm_unet')} steps)",
+            "",
+            "| row | PSNR whole | SSIM whole | PSNR brain | SSIM brain | MAE brain | PSNR lesion | lesion contrast "
+            "| blockiness | steps | train s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
 
         def row_line(name, v):
             if "psnr_whole" not in v:
                 return f"| {name} | {v.get('skipped', v.get('error', '-'))} |" + " |" * 9
-            cells = ["-" if k not in v else f"{v[k]:.2f} ± {v[k + '_std']:.2f}" if k.startswith("psnr")
-                     else f"{v[k]:.3f} ± {v[k + '_std']:.3f}"
-                     for k in ("psnr_whole", "ssim_whole", "psnr_brain", "ssim_brain", "mae_brain", "psnr_lesion")]
-            contrast = "-" if v.get("lesion_contrast") is None else f"{v['lesion_contrast']:.2f} ({v['lesions_scored']})"
-            return (f"| {name} | " + " | ".join(cells) + f" | {contrast} | {fmt(v.get('blockiness'))} | {v.get('steps', '')} "
-                    f"| {fmt(v.get('train_seconds'))} |")
+            cells = [
+                "-"
+                if k not in v
+                else f"{v[k]:.2f} ± {v[k + '_std']:.2f}"
+                if k.startswith("psnr")
+                else f"{v[k]:.3f} ± {v[k + '_std']:.3f}"
+                for k in ("psnr_whole", "ssim_whole", "psnr_brain", "ssim_brain", "mae_brain", "psnr_lesion")
+            ]
+            contrast = (
+                "-" if v.get("lesion_contrast") is None else f"{v['lesion_contrast']:.2f} ({v['lesions_scored']})"
+            )
+            return (
+                f"| {name} | "
+                + " | ".join(cells)
+                + f" | {contrast} | {fmt(v.get('blockiness'))} | {v.get('steps', '')} "
+                f"| {fmt(v.get('train_seconds'))} |"
+            )
 
         for name, v in rows.items():
             lines.append(row_line(name, v))
             if "one_step_x0" in v:
                 lines.append(row_line(f"{name}, one-step x₀", v["one_step_x0"]))
             if "posterior_mean" in v:
-                lines.append(row_line(f"{name}, mean of {len(v['posterior_mean']['seeds'])} samples", v["posterior_mean"]))
+                lines.append(
+                    row_line(f"{name}, mean of {len(v['posterior_mean']['seeds'])} samples", v["posterior_mean"])
+                )
             if "bundle_steps" in v:
-                lines.append(row_line(f"{name}, {v['bundle_steps']['num_inference_steps']} steps (bundle default)",
-                                      v["bundle_steps"]))
+                lines.append(
+                    row_line(
+                        f"{name}, {v['bundle_steps']['num_inference_steps']} steps (bundle default)", v["bundle_steps"]
+                    )
+                )
             for steps, sweep in v.get("steps_sweep", {}).items():
                 lines.append(row_line(f"{name}, {steps} steps ({sweep['predict_seconds']:.0f} s to predict)", sweep))
-        lines.append(f"| paper, BraTS T1→T2 (other data) | {PAPER['psnr']} ± {PAPER['psnr_std']} | "
-                     f"{PAPER['ssim']} ± {PAPER['ssim_std']} |" + " |" * 8)
+        lines.append(
+            f"| paper, BraTS T1→T2 (other data) | {PAPER['psnr']} ± {PAPER['psnr_std']} | "
+            f"{PAPER['ssim']} ± {PAPER['ssim_std']} |" + " |" * 8
+        )
         lines += ["", "| quality goal | value | goal | met |", "| --- | ---: | --- | --- |"]
         for key, v in g.items():
             if key.startswith("phmdiff_"):
@@ -231,14 +308,27 @@ def markdown(result: dict) -> str:
 def plot(quality: dict, path: Path) -> Path | None:
     """PSNR inside the brain against training time for every learned row (the issue's headline figure)."""
     rows = quality.get("rows", {})
-    series = {name: [(c["train_seconds"], c["psnr_brain"]) for c in rows[name]["curve"]]
-              for name in LEARNED if rows.get(name, {}).get("curve")}
+    series = {
+        name: [(c["train_seconds"], c["psnr_brain"]) for c in rows[name]["curve"]]
+        for name in LEARNED
+        if rows.get(name, {}).get("curve")
+    }
     if not series:
         return None
-    hlines = {k: rows[k]["psnr_brain"] for k in ("oracle_remap", "linear_remap", "phmdiff_shipped") if "psnr_brain" in rows.get(k, {})}
-    return line_plot(series, path, f"PSNR inside the brain ({quality.get('curve_slices_per_subject')} slices/subject) "
-                     "vs training time (dashed: no-training rows, eval slices)",
-                     "training seconds (wall clock)", "PSNR dB", hlines=hlines)
+    hlines = {
+        k: rows[k]["psnr_brain"]
+        for k in ("oracle_remap", "linear_remap", "phmdiff_shipped")
+        if "psnr_brain" in rows.get(k, {})
+    }
+    return line_plot(
+        series,
+        path,
+        f"PSNR inside the brain ({quality.get('curve_slices_per_subject')} slices/subject) "
+        "vs training time (dashed: no-training rows, eval slices)",
+        "training seconds (wall clock)",
+        "PSNR dB",
+        hlines=hlines,
+    )
 
 
 def main() -> None:
@@ -285,16 +375,30 @@ def main() -> None:
     for name in selected:
         if name == "policy_probe":  # the same sampling call under three OpenMP settings
             probe = {}
-            for label, extra in (("2 threads, OMP_WAIT_POLICY=ACTIVE (spinning)", {"OMP_WAIT_POLICY": "ACTIVE"}),
-                                 ("2 threads, OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}),
-                                 ("1 thread", {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"})):
+            for label, extra in (
+                ("2 threads, OMP_WAIT_POLICY=ACTIVE (spinning)", {"OMP_WAIT_POLICY": "ACTIVE"}),
+                ("2 threads, OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}),
+                ("1 thread", {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}),
+            ):
                 probe[label] = run_part("policy_probe", quick, {**env, **extra}, 180, log)
             parts["omp_wait_policy_probe"] = probe
         elif name == "quality":
-            qargs = ["--budget", str(cfg["budget"]), "--eval-slices", str(cfg["eval_slices"]),
-                     "--curve-slices", str(cfg["curve_slices"]), "--curve-points", str(cfg["curve_points"]),
-                     "--ddim-steps", str(cfg["ddim_steps"]), "--mean-seeds", str(cfg["mean_seeds"]),
-                     "--shipped", args.shipped] + (["--rows", args.rows] if args.rows else [])
+            qargs = [
+                "--budget",
+                str(cfg["budget"]),
+                "--eval-slices",
+                str(cfg["eval_slices"]),
+                "--curve-slices",
+                str(cfg["curve_slices"]),
+                "--curve-points",
+                str(cfg["curve_points"]),
+                "--ddim-steps",
+                str(cfg["ddim_steps"]),
+                "--mean-seeds",
+                str(cfg["mean_seeds"]),
+                "--shipped",
+                args.shipped,
+            ] + (["--rows", args.rows] if args.rows else [])
             parts["quality"] = run_part("quality", qargs, env, 60 * 60 * 6, log)
         elif name == "volume_bundle":
             parts[name] = run_part(name, quick + ["--shipped", args.shipped], env, 3600, log)

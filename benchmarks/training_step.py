@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import PHMDiffStep, round_robin  # noqa: E402
+from bench_common import PHMDiffStep, round_robin
 
-from custom.networks.nets import PHMDiffSynthesizer  # noqa: E402
+from custom.networks.nets import PHMDiffSynthesizer
 
 
 def time_training_steps(
@@ -95,7 +95,9 @@ def main() -> None:
         }
         results["sampling_steps"] = args.sampling_steps or PHMDiffSynthesizer().num_inference_steps
 
-    print(f"PHMDiff training step, preset {args.preset}, batch {args.batch} x {args.size}, {torch.get_num_threads()} threads")
+    print(
+        f"PHMDiff training step, preset {args.preset}, batch {args.batch} x {args.size}, {torch.get_num_threads()} threads"
+    )
     print(f"{'case':<20}{'step (s)':>10}")
     for name, seconds in step.items():
         print(f"{name:<20}{seconds:>10.3f}")

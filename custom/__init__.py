@@ -21,4 +21,6 @@ def find_bundle_root() -> str:
     for candidate in (package_parent, package_parent / "bundle"):
         if (candidate / "configs" / "metadata.json").is_file():
             return str(candidate)
-    raise FileNotFoundError(f"no bundle (configs/metadata.json) found at or below '{package_parent}'; set --bundle_root.")
+    raise FileNotFoundError(
+        f"no bundle (configs/metadata.json) found at or below '{package_parent}'; set --bundle_root."
+    )

@@ -24,14 +24,26 @@ from monai.bundle import ConfigComponent, ConfigParser, ConfigWorkflow, Referenc
 from monai.bundle.scripts import create_workflow, run
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
-__all__ = ["ConfigError", "as_flag", "check_overrides", "quiet_library_notices", "POSITIVE_INTEGERS"]
+__all__ = [
+    "ConfigError",
+    "as_flag",
+    "check_overrides",
+    "is_bundle_command_line",
+    "quiet_library_notices",
+    "POSITIVE_INTEGERS",
+]
 
 _NONE_DROPPED = "MONAI's runner drops None typed on the command line; put null in a file given with --args_file."
 _FLAG_WORDS = {"true": True, "1": True, "false": False, "0": False}
 POSITIVE_INTEGERS = (  # ids (last part) that count something: 0 or less is never meant
-    "num_inference_steps", "max_epochs", "val_interval", "slice_batch_size", "volumes_per_batch",
-    "slices_per_volume", "val_slices_per_volume",
-)  # fmt: skip
+    "num_inference_steps",
+    "max_epochs",
+    "val_interval",
+    "slice_batch_size",
+    "volumes_per_batch",
+    "slices_per_volume",
+    "val_slices_per_volume",
+)
 
 
 class ConfigError(ValueError):
@@ -54,6 +66,13 @@ def as_flag(value: Any, name: str) -> bool:
     return _FLAG_WORDS[word]
 
 
+def is_bundle_command_line() -> bool:
+    """Whether this process is the command line ``python -m monai.bundle ...`` (not a bundle run in-process by MONAI
+    Label, a notebook, a test or a script): only then do the configs' ``run`` steps act on ``sys.argv`` and
+    ``sys.excepthook``."""
+    return Path(sys.argv[0]).parts[-3:] == ("monai", "bundle", "__main__.py")
+
+
 def check_overrides(argv: Sequence[str] | None = None) -> None:
     """Refuse command-line overrides that name no config id, or give a value the id cannot take, with a
     :class:`ConfigError` naming the id and the value (and, for an unknown id, the ids that exist there).
@@ -74,7 +93,7 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
             MONAI Label).
     """
     if argv is None:
-        if Path(sys.argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py"):
+        if not is_bundle_command_line():
             return
         argv = sys.argv[1:]
     if not argv or argv[0] != "run":

@@ -189,13 +189,21 @@ class TestBundleLoading(unittest.TestCase):
         self.assertNotEqual(probe.returncode, 0, "the repository's custom package must not be importable here")
         out_dir = self.root / "inference_out"
         cmd = [
-            sys.executable, "-m", "monai.bundle", "run",
-            "--config_file", str(self.bundle / "configs" / "inference.json"),
-            "--bundle_root", str(self.bundle),
-            "--dataset_dir", str(self.data_dir),
-            "--output_dir", str(out_dir),
-            "--num_inference_steps", "2",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(self.bundle / "configs" / "inference.json"),
+            "--bundle_root",
+            str(self.bundle),
+            "--dataset_dir",
+            str(self.data_dir),
+            "--output_dir",
+            str(out_dir),
+            "--num_inference_steps",
+            "2",
+        ]
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
         written = sorted(out_dir.rglob("*.nii.gz"))
@@ -291,7 +299,12 @@ class TestBundleLoading(unittest.TestCase):
             pre = [LoadImageTensord(keys=t.keys, load_image_d=t) if isinstance(t, LoadImaged) else t for t in pre]
 
             image = str(self.data_dir / "case0.nii.gz")
-            data = {"image": image, "image_path": image, "device": "cpu", "model": "phmdiff"}  # as BasicInferTask.__call__
+            data = {
+                "image": image,
+                "image_path": image,
+                "device": "cpu",
+                "model": "phmdiff",
+            }  # as BasicInferTask.__call__
             for transform in pre:  # run_transforms(..., use_compose=False)
                 data = transform(data)
 
@@ -418,3 +431,14 @@ def json_indent_errors(text: str) -> list[str]:
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def test_training_and_inference_define_one_network():
+    """``network_def`` is written in ``train.json`` (the trainer and ``evaluate.json`` use it) and in
+    ``inference.json`` (MONAI Label, ``ckpt_export`` and ``verify_net_in_out`` read it there, with no train.json):
+    MONAI's ``%file#id`` macro resolves a file against the working directory, not the config, so a cross-file
+    reference would break when the bundle runs from elsewhere. The two must stay one definition."""
+    train, inference = (bundle_parser(BUNDLE, name) for name in ("train.json", "inference.json"))
+    assert train["network_def"] == inference["network_def"]
+    for id_ in ("num_inference_steps", "seed"):  # the ids network_def refers to
+        assert train[id_] == inference[id_], id_

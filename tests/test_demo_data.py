@@ -23,6 +23,7 @@ from custom.data.simulation import (
     MEAN_SUBJECT,
     load_template,
     pointwise_mapping_psnr,
+    pointwise_remap,
     robust_normalise,
     simulate_subject,
 )
@@ -30,7 +31,9 @@ from custom.data.simulation import (
 SPACING = 2.0  # the default: the reported figures are at the spacing the bundle trains on
 COARSE = 6.0  # for datasets that only check bookkeeping
 PURE = 0.95  # tissue fraction of a "pure" voxel
-ORACLE_LIMIT_DB = 30.0
+# the docs (bundle/docs/README.md, Data and Results) quote "about 20 dB" for the best pointwise mapping fitted on a
+# test subject itself (measured 20.11 dB on the first test subject): the bound a change of the simulation must keep
+ORACLE_RANGE_DB = (19.0, 21.0)
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +158,33 @@ def test_oracle_metric_on_a_pointwise_task(template, mean_subject):
     assert pointwise_mapping_psnr(source, np.sqrt(source), mask) > 40.0
 
 
+def test_pointwise_remap_is_the_per_bin_mean():
+    """A hand-made pair: a known monotone mapping is recovered to the bin width, and with noise on the target each
+    bin maps to the mean of its target voxels (fitted only where ``fit`` says)."""
+    bins = 8
+    source = np.repeat((np.arange(bins) + 0.5) / bins * 2.0 - 1.0, 4)  # 4 voxels at each bin centre
+    target = source**3  # monotone
+    np.testing.assert_allclose(pointwise_remap(source, target, bins=bins), target)
+    noise = np.tile([-0.3, 0.1, 0.2, 0.0], bins)  # mean 0 per bin
+    np.testing.assert_allclose(pointwise_remap(source, target + noise, bins=bins), target, atol=1e-12)
+    fit = np.tile([1, 1, 0, 0], bins)  # only the first two voxels of each bin: their mean, -0.1 off
+    np.testing.assert_allclose(pointwise_remap(source, target + noise, fit, bins=bins), target - 0.1, atol=1e-12)
+    # any source value of a bin maps to that bin's value; out-of-range values to the end bins
+    probe = pointwise_remap(
+        np.array([-1.5, -0.99, 0.01, 0.99, 1.0, 1.5, *source]),
+        np.array([0.0] * 6 + list(target)),
+        fit=np.array([0] * 6 + [1] * len(source)),
+        bins=bins,
+    )
+    np.testing.assert_allclose(probe[:6], target[[0, 0, 16, 31, 31, 31]])
+
+
 def test_pointwise_mapping_stays_short_of_perfect(dataset):
     entry = json.loads(dataset.read_text())["test"][0]
     source, target, mask = (np.asarray(_load(dataset, entry, k).dataobj) for k in ("image", "label", "mask"))
     psnr = pointwise_mapping_psnr(source, target, mask)
     print(f"\nbest pointwise T1w -> T2w mapping fitted on the test subject: PSNR {psnr:.2f} dB inside the brain")
-    assert psnr < ORACLE_LIMIT_DB
+    assert ORACLE_RANGE_DB[0] < psnr < ORACLE_RANGE_DB[1]
 
 
 def test_robust_normalise_range():

@@ -30,16 +30,34 @@ class TestDicomBundleRun(unittest.TestCase):
             write_series(tmp / "in" / "b", mni_volume(), drop_slice=3, description="T1w gap", seed=5)
             torch.save({}, tmp / "empty.pt")  # the stand-in has no weights
             configs = [str(CONFIGS / "inference.json"), str(CONFIGS / "inference_dicom.json")]
-            cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
-                   "--input_dir", str(tmp / "in"), "--output_dir", str(tmp / "out"),
-                   "--network_def", "$torch.nn.Identity()", "--ckpt_path", str(tmp / "empty.pt"),
-                   # the fixtures are a 24x28 crop, a 29 mm field of view: under the limits for real data
-                   "--dicom_synthesis#min_matrix", "16", "--dicom_synthesis#min_fov_mm", "20"]
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+            cmd = [
+                sys.executable,
+                "-m",
+                "monai.bundle",
+                "run",
+                "--config_file",
+                json.dumps(configs),
+                "--input_dir",
+                str(tmp / "in"),
+                "--output_dir",
+                str(tmp / "out"),
+                "--network_def",
+                "$torch.nn.Identity()",
+                "--ckpt_path",
+                str(tmp / "empty.pt"),
+                # the fixtures are a 24x28 crop, a 29 mm field of view: under the limits for real data
+                "--dicom_synthesis#min_matrix",
+                "16",
+                "--dicom_synthesis#min_fov_mm",
+                "20",
+            ]
+            proc = subprocess.run(
+                cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)}
+            )
             self.assertEqual(proc.returncode, 1, proc.stderr[-3000:])
             self.assertNotIn("Traceback", proc.stderr)
-            self.assertTrue(proc.stderr.strip().splitlines()[-1].startswith("DICOM synthesis: 2 series, 1 written"))
+            last = proc.stderr.strip().splitlines()[-1]  # the excepthook's one line: <ErrorType>: <message>
+            self.assertTrue(last.startswith("SynthesisError: DICOM synthesis: 2 series, 1 written"), last)
             report = json.loads((tmp / "out" / "report.json").read_text())
             status = {r["series_description"]: r["status"] for r in report["series"]}
             self.assertEqual(status, {"T1w": "written", "T1w gap": "failed"})

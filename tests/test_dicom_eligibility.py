@@ -25,7 +25,9 @@ from parameterized import parameterized
 from pydicom.data import get_testdata_file
 from scipy import ndimage as ndi
 
+from custom.data import load_mni152
 from custom.data.simulation import SEQUENCES, TISSUE_PROPERTIES, Relaxation, signal_equation
+from custom.engines import SynthesisError
 from custom.io import DicomBatchSynthesis
 from custom.io.eligibility import MAX_SKULL_FRACTION, skull_shell_fraction
 from custom.inferers import AcquisitionPlaneSliceInferer
@@ -45,9 +47,7 @@ CORONAL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # IOP 
 @functools.lru_cache(maxsize=1)
 def mni_brain() -> np.ndarray:
     """The 2 mm MNI152 T1 (skull-stripped, real anatomy) as an axial stack: (columns R->L, rows A->P, slices I->S)."""
-    from nilearn.datasets import load_mni152_template
-
-    vol = np.asarray(load_mni152_template(resolution=2).get_fdata(), np.float32)[::-1, ::-1, :]  # RAS -> LPS
+    vol = load_mni152("t1", resolution=2)[0][::-1, ::-1, :]  # RAS -> LPS
     return vol / vol.max() * 900.0
 
 
@@ -62,18 +62,31 @@ EXTRA_TISSUES = {
 }
 #: Layers outward from the brain mask, (tissue, outer distance in mm): CSF, inner table, diploe, outer table, galea,
 #: subcutaneous fat, skin; a 6.5 mm skull under 7 mm of scalp (adult means). Thin and thick variants below.
-LAYERS = (("csf", 2.0), ("bone", 4.0), ("marrow", 6.5), ("bone", 8.5), ("muscle", 10.0), ("fat", 14.0), ("muscle", 15.5))
+LAYERS = (
+    ("csf", 2.0),
+    ("bone", 4.0),
+    ("marrow", 6.5),
+    ("bone", 8.5),
+    ("muscle", 10.0),
+    ("fat", 14.0),
+    ("muscle", 15.5),
+)
 THIN = (("csf", 1.5), ("bone", 3.0), ("marrow", 4.0), ("bone", 5.5), ("muscle", 6.5), ("fat", 9.0), ("muscle", 10.0))
-THICK = (("csf", 3.0), ("bone", 6.0), ("marrow", 10.0), ("bone", 13.0), ("muscle", 15.0), ("fat", 20.0), ("muscle", 22.0))
+THICK = (
+    ("csf", 3.0),
+    ("bone", 6.0),
+    ("marrow", 10.0),
+    ("bone", 13.0),
+    ("muscle", 15.0),
+    ("fat", 20.0),
+    ("muscle", 22.0),
+)
 
 
 @functools.lru_cache(maxsize=1)
 def _anatomy():
     """MNI152 grey and white matter, brain mask (1 mm, padded for a scalp) and the distance outside the mask."""
-    from nilearn import datasets
-
-    gm, wm, mask = (np.pad(np.asarray(f(resolution=1).get_fdata(), np.float32), 24) for f in (
-        datasets.load_mni152_gm_template, datasets.load_mni152_wm_template, datasets.load_mni152_brain_mask))
+    gm, wm, mask = (np.pad(load_mni152(kind, resolution=1)[0], 24) for kind in ("gm", "wm", "mask"))
     return gm, wm, mask > 0, ndi.distance_transform_edt(mask == 0).astype(np.float32)
 
 
@@ -86,7 +99,9 @@ def head_phantom(contrast: str = "t1w", skull: bool = True, layers=LAYERS, resol
 
     def signal(tissue: str) -> np.float32:
         r = TISSUE_PROPERTIES.get(tissue) or EXTRA_TISSUES[tissue]
-        return np.float32(abs(signal_equation(SEQUENCES[contrast], np.float64(r.t1), np.float64(r.t2), np.float64(r.pd))))
+        return np.float32(
+            abs(signal_equation(SEQUENCES[contrast], np.float64(r.t1), np.float64(r.t2), np.float64(r.pd)))
+        )
 
     csf = np.clip(mask - gm - wm, 0.0, 1.0)
     image = (gm * signal("gm") + wm * signal("wm") + csf * signal("csf")) * mask
@@ -100,8 +115,10 @@ def head_phantom(contrast: str = "t1w", skull: bool = True, layers=LAYERS, resol
         image = image[: 2 * n[0], : 2 * n[1], : 2 * n[2]].reshape(n[0], 2, n[1], 2, n[2], 2).mean(axis=(1, 3, 5))
     sigma = np.float32(noise * np.percentile(image, 99))
     rng = np.random.default_rng(0)
-    return np.hypot(image + sigma * rng.standard_normal(image.shape, np.float32),
-                    sigma * rng.standard_normal(image.shape, np.float32))
+    return np.hypot(
+        image + sigma * rng.standard_normal(image.shape, np.float32),
+        sigma * rng.standard_normal(image.shape, np.float32),
+    )
 
 
 def central_slices(volume: np.ndarray):
@@ -161,7 +178,7 @@ class DicomCase(HostileCase):
 
 class TestEligibilityInAStudy(DicomCase):
     """One study as an archive holds it: each ineligible series is skipped with its reason, the brain series is
-    written, and the run ends without an error (SystemExit)."""
+    written, and the run ends without an error (SynthesisError)."""
 
     @classmethod
     def setUpClass(cls):
@@ -176,35 +193,61 @@ class TestEligibilityInAStudy(DicomCase):
             ("MIP tra", 6, ["DERIVED", "PRIMARY", "PROJECTION IMAGE"]),
             ("scout", 7, ["ORIGINAL", "PRIMARY", "LOCALIZER"]),
         ):
-            info = write_series(cls.inp / desc.split()[0], slab, spacing=(2.0, 2.0, 4.0), description=desc,
-                                series_number=number)
+            info = write_series(
+                cls.inp / desc.split()[0], slab, spacing=(2.0, 2.0, 4.0), description=desc, series_number=number
+            )
             restamp(info["files"], ImageType=image_type)
         # Siemens AAHead_Scout: one series, three planes, ImageType without the word LOCALIZER
         uid = pydicom.uid.generate_uid()
         for k, orientation in enumerate((None, SAGITTAL, CORONAL)):
-            write_series(cls.inp / "localizer", slab, spacing=(2.0, 2.0, 8.0), orientation=orientation, series_uid=uid,
-                         description="AAHead_Scout", series_number=1, seed=k)
-        calibration = write_series(cls.inp / "calibration", slab[:16, :16], spacing=(16.0, 16.0, 4.0),
-                                   description="calibration 16x16", series_number=2)
+            write_series(
+                cls.inp / "localizer",
+                slab,
+                spacing=(2.0, 2.0, 8.0),
+                orientation=orientation,
+                series_uid=uid,
+                description="AAHead_Scout",
+                series_number=1,
+                seed=k,
+            )
+        calibration = write_series(
+            cls.inp / "calibration",
+            slab[:16, :16],
+            spacing=(16.0, 16.0, 4.0),
+            description="calibration 16x16",
+            series_number=2,
+        )
         restamp(calibration["files"], ImageType=["ORIGINAL", "PRIMARY", "M", "ND"])
         uid = pydicom.uid.generate_uid()  # field map magnitude: two echoes at every position, one series
         for echo in (1, 2):
-            info = write_series(cls.inp / "fieldmap", slab, spacing=(2.0, 2.0, 4.0), series_uid=uid, seed=echo,
-                                description="gre_field_mapping", series_number=4)
+            info = write_series(
+                cls.inp / "fieldmap",
+                slab,
+                spacing=(2.0, 2.0, 4.0),
+                series_uid=uid,
+                seed=echo,
+                description="gre_field_mapping",
+                series_number=4,
+            )
             restamp(info["files"], EchoNumbers=echo, ImageType=["ORIGINAL", "PRIMARY", "M", "ND"])
         (cls.inp / "dti").mkdir()
         for name in ("0.dcm", "1.dcm"):  # real Siemens DTI mosaics (one file per diffusion direction)
             shutil.copy(NIBABEL_DATA / name, cls.inp / "dti" / name)
         (cls.inp / "detail").mkdir()
         shutil.copy(get_testdata_file("MR_small.dcm"), cls.inp / "detail" / "IM0001")  # real: 64x64, 0.3125 mm
-        cls.records = DicomBatchSynthesis(cls.inp, cls.out, *cls._parts()).run()  # no SystemExit: exit status 0
+        cls.records = DicomBatchSynthesis(cls.inp, cls.out, *cls._parts()).run()  # no SynthesisError: exit status 0
         cls.report = json.loads((cls.out / "report.json").read_text())
         cls.by_desc = {r["series_description"]: r for r in cls.report["series"]}
 
     @staticmethod
     def _parts():
         pre, post = pipeline()
-        return pre, AcquisitionPlaneSliceInferer(roi_size=(-1, -1), spatial_dim=2, progress=False), AffineStandIn(), post
+        return (
+            pre,
+            AcquisitionPlaneSliceInferer(roi_size=(-1, -1), spatial_dim=2, progress=False),
+            AffineStandIn(),
+            post,
+        )
 
     @classmethod
     def tearDownClass(cls):
@@ -216,16 +259,18 @@ class TestEligibilityInAStudy(DicomCase):
     def tearDown(self):
         pass
 
-    @parameterized.expand([
-        ("mosaic", "CBU_DTI_64D_1A", "ImageType MOSAIC"),
-        ("phase", "gre_field_mapping phase", "ImageType P:"),
-        ("projection", "MIP tra", "ImageType PROJECTION IMAGE"),
-        ("localizer", "scout", "ImageType LOCALIZER"),
-        ("tri_plane_localizer", "AAHead_Scout", "3 slice orientations"),
-        ("matrix_16x16", "calibration 16x16", "matrix 16x16 is smaller than 64x64"),
-        ("field_of_view_20mm", "", "field of view 20x20 mm is smaller than 100 mm"),
-        ("two_echoes", "gre_field_mapping", "6 images at 3 slice positions"),
-    ])
+    @parameterized.expand(
+        [
+            ("mosaic", "CBU_DTI_64D_1A", "ImageType MOSAIC"),
+            ("phase", "gre_field_mapping phase", "ImageType P:"),
+            ("projection", "MIP tra", "ImageType PROJECTION IMAGE"),
+            ("localizer", "scout", "ImageType LOCALIZER"),
+            ("tri_plane_localizer", "AAHead_Scout", "3 slice orientations"),
+            ("matrix_16x16", "calibration 16x16", "matrix 16x16 is smaller than 64x64"),
+            ("field_of_view_20mm", "", "field of view 20x20 mm is smaller than 100 mm"),
+            ("two_echoes", "gre_field_mapping", "6 images at 3 slice positions"),
+        ]
+    )
     def test_skipped_with_reason(self, _, description, reason):
         row = self.by_desc[description]
         self.assertEqual(row["status"], "skipped")
@@ -240,12 +285,20 @@ class TestEligibilityInAStudy(DicomCase):
 
     def test_report_has_study_and_series_number(self):
         row = self.by_desc["T1w SE tra"]
-        self.assertEqual((row["study_instance_uid"], row["study_date"], row["series_number"]), (STUDY_UID, "20240102", "3"))
+        self.assertEqual(
+            (row["study_instance_uid"], row["study_date"], row["series_number"]), (STUDY_UID, "20240102", "3")
+        )
         self.assertEqual(row["study_description"], "MRI BRAIN [redacted]")  # free text: the patient's name redacted
         self.assertEqual(self.by_desc["CBU_DTI_64D_1A"]["series_number"], "12")
         table = list(csv.DictReader(open(self.out / "report.csv")))
-        self.assertEqual({r["study_instance_uid"] for r in table if r["series_description"] != "CBU_DTI_64D_1A"
-                          and r["series_description"]}, {STUDY_UID})
+        self.assertEqual(
+            {
+                r["study_instance_uid"]
+                for r in table
+                if r["series_description"] != "CBU_DTI_64D_1A" and r["series_description"]
+            },
+            {STUDY_UID},
+        )
         self.assertIn("study_description", table[0])
 
 
@@ -255,7 +308,7 @@ class TestDuplicatesAndTruncation(DicomCase):
         info = write_series(self.inp, mni_brain()[:, :, 30:60:2], spacing=(2.0, 2.0, 4.0), shuffle=False)
         raw = Path(info["files"][7]).read_bytes()
         (self.inp / "copy_of_slice_8").write_bytes(raw[:-5000])
-        records = self.runner().run()  # no SystemExit: nothing failed
+        records = self.runner().run()  # no SynthesisError: nothing failed
         series = [r for r in records if r.series_instance_uid][0]
         self.assertEqual((series.status, series.slices, series.reason), ("written", 15, ""))
         self.assert_valid(self.out / series.output_folder, 15)
@@ -267,7 +320,7 @@ class TestDuplicatesAndTruncation(DicomCase):
     def test_truncated_edge_slice_is_reported_and_the_rest_written(self):
         info = write_series(self.inp, mni_brain()[:, :, 30:60:2], spacing=(2.0, 2.0, 4.0), shuffle=False)
         Path(info["files"][-1]).write_bytes(Path(info["files"][-1]).read_bytes()[:-5000])
-        with self.assertRaisesRegex(SystemExit, "1 failed"):  # the unreadable file is a failure of its own
+        with self.assertRaisesRegex(SynthesisError, "1 failed"):  # the unreadable file is a failure of its own
             self.runner().run()
         rows = self.rows()
         series = [r for r in rows if r["series_instance_uid"]][0]
@@ -293,35 +346,51 @@ class RecordingStandIn(AffineStandIn):
 class TestSlicingPlane(DicomCase):
     """A single slice or a thin slab is sliced along its acquisition plane, whatever the configured slice axis."""
 
-    @parameterized.expand([
-        # (name, LPS orientation, slices, spatial shape the network must see)
-        ("single_sagittal_slice", SAGITTAL, 1, {(117, 95)}),
-        ("thin_coronal_slab", CORONAL, 3, {(99, 95)}),
-        ("sagittal_volume_keeps_the_configured_axis", SAGITTAL, 10, {(10, 117)}),
-    ])
+    @parameterized.expand(
+        [
+            # (name, LPS orientation, slices, spatial shape the network must see)
+            ("single_sagittal_slice", SAGITTAL, 1, {(117, 95)}),
+            ("thin_coronal_slab", CORONAL, 3, {(99, 95)}),
+            ("sagittal_volume_keeps_the_configured_axis", SAGITTAL, 10, {(10, 117)}),
+        ]
+    )
     def test_network_sees_whole_slices(self, _, orientation, slices, expected):
         brain = mni_brain()  # (R->L, A->P, I->S)
         if orientation is SAGITTAL:  # columns A->P, rows S->I, slices L->R (the normal of IOP 0\1\0\0\0\-1 is -x)
-            stack = brain[49 - slices // 2: 49 + (slices + 1) // 2, :, ::-1].transpose(1, 2, 0)[:, :, ::-1]
+            stack = brain[49 - slices // 2 : 49 + (slices + 1) // 2, :, ::-1].transpose(1, 2, 0)[:, :, ::-1]
         else:  # columns R->L, rows S->I, slices A->P (the normal of IOP 1\0\0\0\0\-1 is +y)
-            stack = brain[:, 58 - slices // 2: 58 + (slices + 1) // 2, ::-1].transpose(0, 2, 1)
-        info = write_series(self.inp, np.ascontiguousarray(stack), spacing=(2.0, 2.0, 5.0), orientation=orientation,
-                            description="T2w TSE")
+            stack = brain[:, 58 - slices // 2 : 58 + (slices + 1) // 2, ::-1].transpose(0, 2, 1)
+        info = write_series(
+            self.inp,
+            np.ascontiguousarray(stack),
+            spacing=(2.0, 2.0, 5.0),
+            orientation=orientation,
+            description="T2w TSE",
+        )
         network = RecordingStandIn()
         record = self.runner(network=network).run()[0]
         self.assertEqual((record.status, record.slices), ("written", slices))
         self.assertEqual(network.seen, expected)
         self.assert_valid(self.out / record.output_folder, slices)
         written = pydicom.dcmread(next((self.out / record.output_folder).iterdir()))
-        np.testing.assert_allclose([float(x) for x in written.ImageOrientationPatient],
-                                   [float(x) for x in pydicom.dcmread(info["files"][0]).ImageOrientationPatient])
+        np.testing.assert_allclose(
+            [float(x) for x in written.ImageOrientationPatient],
+            [float(x) for x in pydicom.dcmread(info["files"][0]).ImageOrientationPatient],
+        )
 
 
 class TestHeadWithSkull(DicomCase):
     def write(self, skull: bool, folder: str) -> dict:
         head = head_phantom("t1w", skull)[::-1, ::-1, 30:95:4]  # RAS -> LPS axial stack, 4 mm apart
-        return write_series(self.inp / folder, np.ascontiguousarray(head.astype(np.float32)), spacing=(2.0, 2.0, 4.0),
-                            description="T1w SE tra" + (" head" if skull else ""), slope=1.0, intercept=0.0, seed=int(skull))
+        return write_series(
+            self.inp / folder,
+            np.ascontiguousarray(head.astype(np.float32)),
+            spacing=(2.0, 2.0, 4.0),
+            description="T1w SE tra" + (" head" if skull else ""),
+            slope=1.0,
+            intercept=0.0,
+            seed=int(skull),
+        )
 
     def test_head_skipped_brain_written(self):
         self.write(True, "head")
@@ -342,9 +411,9 @@ class TestExitStatus(DicomCase):
         self.inp.mkdir()
         for f in ct5n_files():
             shutil.copy(f, self.inp / Path(f).name)
-        with self.assertRaises(SystemExit) as ctx:
+        with self.assertRaises(SynthesisError) as ctx:
             self.runner().run()
-        message = str(ctx.exception.code)
+        message = str(ctx.exception)
         self.assertTrue(message.startswith("DICOM synthesis found no eligible MR series: 1 series, 0 written"), message)
         self.assertNotIn("\n", message)
         self.assertEqual([r["status"] for r in self.rows()], ["skipped"])

@@ -84,8 +84,9 @@ class TestDicomSeriesReader(unittest.TestCase):
 
     def test_enhanced_multiframe_equals_single_frame(self):
         single = write_series(Path(self.tmp) / "s", mni_volume(), orientation=rotation(1, 15))
-        multi = write_series(Path(self.tmp) / "m", mni_volume(), orientation=rotation(1, 15), multiframe=True,
-                             series_uid=None, seed=3)
+        multi = write_series(
+            Path(self.tmp) / "m", mni_volume(), orientation=rotation(1, 15), multiframe=True, series_uid=None, seed=3
+        )
         a1, m1 = read(single["files"])
         a2, m2 = read(multi["files"])
         np.testing.assert_array_equal(a2, a1)
@@ -126,20 +127,30 @@ class TestDicomSeriesReaderErrors(unittest.TestCase):
 
     def test_inconsistent_orientation(self):
         a = write_series(self.tmp, mni_volume()[:, :, :4])
-        b = write_series(Path(self.tmp) / "b", mni_volume()[:, :, 4:8], orientation=rotation(2, 5),
-                         series_uid=a["series_uid"], origin=(-30, -40, -10))
+        b = write_series(
+            Path(self.tmp) / "b",
+            mni_volume()[:, :, 4:8],
+            orientation=rotation(2, 5),
+            series_uid=a["series_uid"],
+            origin=(-30, -40, -10),
+        )
         self.assert_error(a["files"] + b["files"], "inconsistent ImageOrientationPatient")
 
     def test_mixed_sizes(self):
         a = write_series(self.tmp, mni_volume()[:, :, :4])
-        b = write_series(Path(self.tmp) / "b", mni_volume()[:20, :, 4:8], series_uid=a["series_uid"],
-                         origin=(-30, -40, -10))
+        b = write_series(
+            Path(self.tmp) / "b", mni_volume()[:20, :, 4:8], series_uid=a["series_uid"], origin=(-30, -40, -10)
+        )
         self.assert_error(a["files"] + b["files"], "mixed image sizes")
 
     def test_inconsistent_spacing(self):
         a = write_series(self.tmp, mni_volume()[:, :, :4])
-        b = write_series(Path(self.tmp) / "b", mni_volume()[:, :, :3], series_uid=a["series_uid"],
-                         origin=(-30, -40, -20 + 4 * 2.5 + 0.8))
+        b = write_series(
+            Path(self.tmp) / "b",
+            mni_volume()[:, :, :3],
+            series_uid=a["series_uid"],
+            origin=(-30, -40, -20 + 4 * 2.5 + 0.8),
+        )
         self.assert_error(a["files"] + b["files"], "inconsistent slice spacing")
 
     def test_duplicate_position(self):

@@ -71,8 +71,9 @@ class TestDicomValidity(unittest.TestCase):
 
     @parameterized.expand(CASES)
     def test_no_errors(self, _, target, source_modality, multiframe):
-        src = write_series(self.tmp / "src", mni_volume(), orientation=rotation(1, 15), modality=source_modality,
-                           multiframe=multiframe)
+        src = write_series(
+            self.tmp / "src", mni_volume(), orientation=rotation(1, 15), modality=source_modality, multiframe=multiframe
+        )
         self.assert_valid(self.write(src["files"], target))
 
     @parameterized.expand([("MR",), ("CT",)])

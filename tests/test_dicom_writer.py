@@ -63,8 +63,15 @@ class TestDicomSeriesWriter(unittest.TestCase):
         out = DicomSeriesWriter("MR", "T2w").write(pred, headers, self.tmp / "out")
         self.assertEqual(len(out), len(src["files"]))
         written = [pydicom.dcmread(f) for f in out]  # no force: valid Part 10 files
-        src_by_pos = sorted(headers, key=lambda d: float(np.asarray(d.ImagePositionPatient, float) @ np.cross(
-            np.asarray(d.ImageOrientationPatient[:3], float), np.asarray(d.ImageOrientationPatient[3:], float))))
+        src_by_pos = sorted(
+            headers,
+            key=lambda d: float(
+                np.asarray(d.ImagePositionPatient, float)
+                @ np.cross(
+                    np.asarray(d.ImageOrientationPatient[:3], float), np.asarray(d.ImageOrientationPatient[3:], float)
+                )
+            ),
+        )
         uids = {d.SeriesInstanceUID for d in written}
         self.assertEqual(len(uids), 1)
         self.assertNotEqual(uids.pop(), src["series_uid"])
@@ -79,13 +86,22 @@ class TestDicomSeriesWriter(unittest.TestCase):
             self.assertIn("NOT FOR DIAGNOSTIC USE", w.SeriesDescription)
             self.assertIn(src["series_uid"], w.DerivationDescription)
             self.assertEqual(w.SourceImageSequence[0].ReferencedSOPInstanceUID, s.SOPInstanceUID)
-            for tag in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "FrameOfReferenceUID",
-                        "AccessionNumber", "StudyDate"):
+            for tag in (
+                "StudyInstanceUID",
+                "PatientID",
+                "PatientName",
+                "PatientBirthDate",
+                "FrameOfReferenceUID",
+                "AccessionNumber",
+                "StudyDate",
+            ):
                 self.assertEqual(w.get(tag), s.get(tag), tag)
-            np.testing.assert_allclose(np.asarray(w.ImagePositionPatient, float),
-                                       np.asarray(s.ImagePositionPatient, float), atol=1e-4)
-            np.testing.assert_allclose(np.asarray(w.ImageOrientationPatient, float),
-                                       np.asarray(s.ImageOrientationPatient, float), atol=1e-6)
+            np.testing.assert_allclose(
+                np.asarray(w.ImagePositionPatient, float), np.asarray(s.ImagePositionPatient, float), atol=1e-4
+            )
+            np.testing.assert_allclose(
+                np.asarray(w.ImageOrientationPatient, float), np.asarray(s.ImageOrientationPatient, float), atol=1e-6
+            )
             np.testing.assert_allclose(np.asarray(w.PixelSpacing, float), np.asarray(s.PixelSpacing, float))
             self.assertAlmostEqual(float(w.SliceThickness), float(s.SliceThickness))
             self.assertEqual((w.BitsAllocated, w.BitsStored, w.HighBit, w.SamplesPerPixel), (16, 16, 15, 1))
@@ -98,8 +114,9 @@ class TestDicomSeriesWriter(unittest.TestCase):
         slope, intercept = float(rwvm.RealWorldValueSlope), float(rwvm.RealWorldValueIntercept)
         stored = np.stack([w.pixel_array for w in written])
         self.assertGreater(stored.max(), 1000)  # quantised finely, not rounded to the synthesis's units
-        self.assertEqual((rwvm.RealWorldValueFirstValueMapped, rwvm.RealWorldValueLastValueMapped),
-                         (stored.min(), stored.max()))
+        self.assertEqual(
+            (rwvm.RealWorldValueFirstValueMapped, rwvm.RealWorldValueLastValueMapped), (stored.min(), stored.max())
+        )
         lo, hi = np.percentile(stored, [1, 99])
         self.assertAlmostEqual(float(written[0].WindowCenter), (lo + hi) / 2, delta=1)
         self.assertAlmostEqual(float(written[0].WindowWidth), hi - lo, delta=1)

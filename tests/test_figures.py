@@ -1,4 +1,4 @@
-"""The docs' figure commands on a tiny hand-made dataset."""
+"""The docs' figure commands (benchmarks/figures.py) on a tiny hand-made dataset."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from custom.visualize.figures import _lesion_centre, save_orthogonal_planes, save_synthesis_grid
+from benchmarks.figures import _lesion_centre, save_orthogonal_planes, save_synthesis_grid
 
 
 @pytest.fixture
@@ -20,8 +20,12 @@ def dataset(tmp_path):
     affine = np.diag([1.0, 1.0, 2.0, 1.0])
     lesion = np.zeros((12, 10, 8), np.uint8)
     lesion[7:9, 2:4, 5] = 1
-    for path, array in (("data/s0/t1w.nii.gz", rng.random((12, 10, 8))), ("data/s0/t2w.nii.gz", rng.random((12, 10, 8))),
-                        ("data/s0/lesion.nii.gz", lesion), ("out/s0/t1w_synth.nii.gz", rng.random((12, 10, 8)))):  # fmt: skip
+    for path, array in (
+        ("data/s0/t1w.nii.gz", rng.random((12, 10, 8))),
+        ("data/s0/t2w.nii.gz", rng.random((12, 10, 8))),
+        ("data/s0/lesion.nii.gz", lesion),
+        ("out/s0/t1w_synth.nii.gz", rng.random((12, 10, 8))),
+    ):
         nib.save(nib.Nifti1Image(array, affine), str(tmp_path / path))
     entry = {"image": "s0/t1w.nii.gz", "label": "s0/t2w.nii.gz", "lesion": "s0/lesion.nii.gz"}
     (data / "datalist.json").write_text(json.dumps({"test": [entry]}))

@@ -23,8 +23,10 @@ from unittest import mock
 import pydicom
 from parameterized import parameterized
 
-from custom.io import find_dicom_series
+from custom.engines import SynthesisError
+from custom.io import DicomBatchError, find_dicom_series
 from custom.io.reader import NO_PREAMBLE_LIMIT
+from custom.transforms import OutputWriteError
 from tests.test_dicom_batch import runner
 from tests.test_dicom_fixtures import mni_volume, write_series
 
@@ -101,9 +103,9 @@ class HostileCase(unittest.TestCase):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def run_batch(self, inp=None, out=None, **kwargs) -> dict:
-        """Run, accepting the SystemExit that failed rows cause; the report as a dict."""
+        """Run, accepting the SynthesisError that failed rows cause; the report as a dict."""
         out = out or self.out
-        with contextlib.suppress(SystemExit):
+        with contextlib.suppress(SynthesisError):
             runner(inp or self.inp, out, **kwargs).run()
         return json.loads((out / "report.json").read_text(encoding="utf-8"))
 
@@ -132,8 +134,9 @@ class TestRace(HostileCase):
         self.assertEqual(os.listdir(self.out / name), ["theirs.dcm"])
         self.assertEqual(self.hidden(self.out), [])
 
-    @parameterized.expand([("failed_rename", OSError(errno.EIO, "simulated I/O error")),
-                           ("interrupt", KeyboardInterrupt())])
+    @parameterized.expand(
+        [("failed_rename", OSError(errno.EIO, "simulated I/O error")), ("interrupt", KeyboardInterrupt())]
+    )
     def test_overwrite_stopped_between_the_renames_keeps_the_old_series(self, _name, error):
         write_series(self.inp, volume())
         name = runner(self.inp, self.out).run()[0].output_folder
@@ -146,7 +149,7 @@ class TestRace(HostileCase):
                 raise error
             return replace(src, dst)
 
-        with mock.patch("os.replace", second_rename_fails), self.assertRaises(SystemExit):
+        with mock.patch("os.replace", second_rename_fails), self.assertRaises(SynthesisError):
             runner(self.inp, self.out, overwrite=True).run()
         self.assertEqual(len(failed), 1)
         files = sorted((self.out / name).iterdir())
@@ -160,12 +163,12 @@ class TestRace(HostileCase):
         fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            with self.assertRaises(SystemExit) as ctx:
+            with self.assertRaises(DicomBatchError) as ctx:
                 runner(self.inp, self.out).run()
         finally:
             os.close(fd)
-        self.assertIn("in use by another", str(ctx.exception.code))
-        self.assertNotIn("\n", str(ctx.exception.code))
+        self.assertIn("in use by another", str(ctx.exception))
+        self.assertNotIn("\n", str(ctx.exception))
         self.assertEqual(os.listdir(self.out), [LOCK])
 
     def test_report_goes_through_a_temporary_file_of_its_own(self):
@@ -201,7 +204,7 @@ class TestFolderNames(HostileCase):
             write_series(self.inp / f"s{k}", volume(), description=f"T1w {k}", seed=k)
         r = runner(self.inp, self.out)
         r.folder_name = lambda s: "t2w_same"
-        with self.assertRaises(SystemExit):
+        with self.assertRaises(SynthesisError):
             r.run()
         self.assertEqual(sorted(x.status for x in r.records), ["failed", "written"])
         failed = [x for x in r.records if x.status == "failed"][0]
@@ -221,9 +224,9 @@ class TestOutputInsideInput(HostileCase):
     def test_output_equal_to_input_is_refused(self):
         write_series(self.inp / "a", volume())
         before = sorted(p.relative_to(self.inp) for p in self.inp.rglob("*"))
-        with self.assertRaises(SystemExit) as ctx:
+        with self.assertRaises(DicomBatchError) as ctx:
             runner(self.inp, self.inp / "a" / "..").run()
-        self.assertIn("output_dir is input_dir", str(ctx.exception.code))
+        self.assertIn("output_dir is input_dir", str(ctx.exception))
         self.assertEqual(sorted(p.relative_to(self.inp) for p in self.inp.rglob("*")), before)
 
     def test_a_series_this_software_wrote_is_never_a_source(self):
@@ -231,7 +234,7 @@ class TestOutputInsideInput(HostileCase):
         written = runner(self.inp, self.out).run()[0].output_folder
         shutil.copytree(self.out / written, self.tmp / "in2" / "copied")
         r = runner(self.tmp / "in2", self.tmp / "out2")
-        with self.assertRaisesRegex(SystemExit, "found no eligible MR series"):
+        with self.assertRaisesRegex(SynthesisError, "found no eligible MR series"):
             r.run()
         records = r.records
         self.assertEqual(records[0].status, "skipped")
@@ -246,35 +249,36 @@ class TestOddSeriesAndOutput(HostileCase):
         write_series(self.inp / "long", volume(), series_uid="1.2." + "9" * 296, description="long UID")
         write_series(self.inp / "ok", volume(), description="ok", seed=1)
         report = self.run_batch()
-        self.assertEqual({r["series_description"]: r["status"] for r in report["series"]},
-                         {"long UID": "written", "ok": "written"})
+        self.assertEqual(
+            {r["series_description"]: r["status"] for r in report["series"]}, {"long UID": "written", "ok": "written"}
+        )
 
     def test_malformed_patient_name_is_a_row_not_a_traceback(self):
         info = write_series(self.inp, volume(), shuffle=False)
         raw = Path(info["files"][-1]).read_bytes()  # an edge slice: the rest is still a regular series
         at = raw.index(b"\x10\x00\x10\x00PN")  # PatientName, explicit VR, 2-byte length
-        n = int.from_bytes(raw[at + 6:at + 8], "little")  # re-encoded as a sequence whose item is the name's bytes
+        n = int.from_bytes(raw[at + 6 : at + 8], "little")  # re-encoded as a sequence whose item is the name's bytes
         sq = b"\x10\x00\x10\x00SQ\x00\x00" + (n + 4).to_bytes(4, "little") + b"\xfe\xff\x00\xe0"
-        Path(info["files"][-1]).write_bytes(raw[:at] + sq + raw[at + 8:])
+        Path(info["files"][-1]).write_bytes(raw[:at] + sq + raw[at + 8 :])
         report = self.run_batch()
         self.assertEqual(sorted(r["status"] for r in report["series"]), ["failed", "written"])
         self.assertIn("unreadable DICOM file", [r for r in report["series"] if r["status"] == "failed"][0]["reason"])
 
     def test_one_failed_series_is_a_failure_not_nothing_eligible(self):
         write_series(self.inp, volume(), drop_slice=2)  # a slice missing from its geometry
-        with self.assertRaises(SystemExit) as ctx:
+        with self.assertRaises(SynthesisError) as ctx:
             runner(self.inp, self.out).run()
-        message = str(ctx.exception.code)
+        message = str(ctx.exception)
         self.assertTrue(message.startswith("DICOM synthesis: 1 series, 0 written, 0 skipped, 1 failed"), message)
         self.assertNotIn("no eligible", message)
 
     def test_output_that_is_a_file_is_one_line(self):
         write_series(self.inp, volume())
         self.out.write_text("x")
-        with self.assertRaises(SystemExit) as ctx:
+        with self.assertRaises(DicomBatchError) as ctx:
             runner(self.inp, self.out).run()
-        self.assertIn("is not a folder", str(ctx.exception.code))
-        self.assertNotIn("\n", str(ctx.exception.code))
+        self.assertIn("is not a folder", str(ctx.exception))
+        self.assertNotIn("\n", str(ctx.exception))
         self.assertEqual(self.out.read_text(), "x")
 
     def test_read_only_output_is_one_line(self):
@@ -286,10 +290,10 @@ class TestOddSeriesAndOutput(HostileCase):
         else:
             out = self.tmp / "ro"
             out.mkdir(mode=0o555)
-        with self.assertRaises(SystemExit) as ctx:
+        with self.assertRaises(OutputWriteError) as ctx:
             runner(self.inp, out).run()
-        self.assertIn("is not writable", str(ctx.exception.code))
-        self.assertNotIn("\n", str(ctx.exception.code))
+        self.assertIn("is not writable", str(ctx.exception))
+        self.assertNotIn("\n", str(ctx.exception))
 
 
 class TestResourceBombs(HostileCase):
@@ -352,14 +356,14 @@ class TestInterrupt(HostileCase):
         r._synthesise = interrupted
         previous = signal.signal(signal.SIGTERM, _killed)  # today's default would end the test process
         try:
-            with self.assertRaises(SystemExit) as ctx:
+            with self.assertRaises(SynthesisError) as ctx:
                 r.run()
             self.assertIs(signal.getsignal(signal.SIGTERM), _killed)  # the run put the handler back
         except (KeyboardInterrupt, _Killed) as e:
             self.fail(f"{type(e).__name__} escaped run()")
         finally:
             signal.signal(signal.SIGTERM, previous)
-        message = str(ctx.exception.code)
+        message = str(ctx.exception)
         self.assertTrue(message.startswith("DICOM synthesis interrupted: 2 series"), message)
         self.assertNotIn("\n", message)
         report = json.loads((self.out / "report.json").read_text())
@@ -454,13 +458,13 @@ class TestMinor(HostileCase):
     def test_series_next_to_an_unreadable_edge_slice_is_not_written_silently(self):
         info = write_series(self.inp, volume(), shuffle=False)
         Path(info["files"][-1]).write_bytes(bytes(128) + b"DICM" + b"\x02\x00\x10\x00UI\xff\x7fgarbage")
-        with self.assertRaises(SystemExit) as ctx:
+        with self.assertRaises(SynthesisError) as ctx:
             runner(self.inp, self.out).run()
         report = json.loads((self.out / "report.json").read_text())
         row = [r for r in report["series"] if r["series_instance_uid"]][0]
         self.assertEqual((row["status"], row["slices"]), ("written", volume().shape[2] - 1))
         self.assertIn("slices may be missing", row["reason"])
-        self.assertIn("1 may lack slices", str(ctx.exception.code))
+        self.assertIn("1 may lack slices", str(ctx.exception))
 
     def test_control_characters_in_uids_do_not_forge_log_lines(self):
         write_series(self.inp, volume(), series_uid="1.2.3\nDICOM synthesis: 0 series\x004")

@@ -22,6 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import monai
 import torch
 from monai.bundle import ConfigWorkflow
 from monai.data import MetaTensor
@@ -31,13 +32,19 @@ from monai.transforms import Compose, LoadImaged
 from custom.bundle import ConfigError, as_flag, check_overrides
 from custom.data import DatasetError
 from custom.engines import SynthesisError
-from custom.handlers import CheckpointError, load_checkpoint, report_errors_briefly
+from custom.utils import CheckpointError, load_checkpoint, report_errors_briefly
 from custom.io import DicomBatchSynthesis
 from custom.transforms import (
-    ImageCheckError, ImageReadError, ModalityNormalize, OutputExistsError, SafeLoadImage, SafeSaveImage,
-)  # fmt: skip
+    ImageCheckError,
+    ImageReadError,
+    ModalityNormalize,
+    OutputExistsError,
+    SafeLoadImage,
+    SafeSaveImage,
+)
 from custom.transforms.io import MAX_VOXELS, PARTIAL_MARKER
 from tests.test_reliability_inputs import CONFIGS, cli, failure, network_def, volume, write_nifti
+from tests.test_reliability_inputs import workflow as inference_workflow
 
 INFERENCE, TRAIN = str(CONFIGS / "inference.json"), str(CONFIGS / "train.json")
 DICOM = f"['{INFERENCE}', '{CONFIGS / 'inference_dicom.json'}']"
@@ -57,12 +64,7 @@ def keep_excepthook(monkeypatch):
 
 
 def workflow(dataset: Path, output: Path, checkpoint: Path, **overrides) -> ConfigWorkflow:
-    flow = ConfigWorkflow(
-        config_file=INFERENCE, meta_file=str(CONFIGS / "metadata.json"), logging_file=False, workflow_type=None,
-        dataset_dir=str(dataset), output_dir=str(output), ckpt_path=str(checkpoint), **{**TINY, **overrides},
-    )  # fmt: skip
-    flow.initialize()
-    return flow
+    return inference_workflow(dataset, output, ckpt_path=str(checkpoint), **{**TINY, **overrides})
 
 
 def infer(dataset: Path, output: Path, checkpoint: Path, **overrides) -> None:
@@ -79,8 +81,17 @@ def files(folder: Path) -> list[str]:
 
 # ------------------------------------------------------------------------------------- 1: flags parsed strictly
 
-FLAGS = [(True, True), (False, False), ("true", True), ("FALSE", False), (" False ", False), ("1", True), ("0", False),
-         (1, True), (0, False)]  # fmt: skip
+FLAGS = [
+    (True, True),
+    (False, False),
+    ("true", True),
+    ("FALSE", False),
+    (" False ", False),
+    ("1", True),
+    ("0", False),
+    (1, True),
+    (0, False),
+]
 NOT_FLAGS = ["maybe", "yes", "", "2", 2, None, 0.0]
 
 
@@ -164,8 +175,15 @@ def test_overwrite_false_on_a_file_system_without_hard_links(tmp_path, monkeypat
 
 def test_dicom_batch_flags_parsed_strictly(tmp_path):
     def batch(**flags):
-        return DicomBatchSynthesis(tmp_path, tmp_path / "out", Compose([LoadImaged("image")]), SimpleInferer(),
-                                   torch.nn.Identity(), Compose([]), **flags)  # fmt: skip
+        return DicomBatchSynthesis(
+            tmp_path,
+            tmp_path / "out",
+            Compose([LoadImaged("image")]),
+            SimpleInferer(),
+            torch.nn.Identity(),
+            Compose([]),
+            **flags,
+        )
 
     runner = batch(overwrite="false", save_nifti="False")
     assert runner.overwrite is False and runner.save_nifti is False
@@ -204,8 +222,12 @@ def test_output_path_through_a_link_out_of_output_dir_is_flattened(tmp_path):
     (tmp_path / "outside").mkdir()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "sub").symlink_to(tmp_path / "outside")
-    saver = SafeSaveImage(output_dir=str(tmp_path / "out"), output_postfix="synth", separate_folder=False,
-                          data_root_dir=str(tmp_path / "data"))  # fmt: skip
+    saver = SafeSaveImage(
+        output_dir=str(tmp_path / "out"),
+        output_postfix="synth",
+        separate_folder=False,
+        data_root_dir=str(tmp_path / "data"),
+    )
     meta = {"filename_or_obj": str(tmp_path / "data" / "sub" / "scan.nii.gz")}
     assert saver.output_path(meta) == tmp_path / "out" / "scan_synth.nii.gz"
     assert not (tmp_path / "data").exists()  # naming creates no folder
@@ -264,7 +286,7 @@ def forged_nifti(path: Path, shape: tuple[int, ...], payload: int = 33_000) -> P
         ("claims.nii.gz", (1200, 1200, 1200), f"more than max_voxels={MAX_VOXELS:,}"),  # the issue's case
         ("claims.nii", (20000, 20000, 20000), f"more than max_voxels={MAX_VOXELS:,}"),  # was "(MemoryError: )"
     ],
-)  # fmt: skip
+)
 def test_header_claiming_a_huge_volume_is_refused_before_allocating(tmp_path, name, shape, message):
     path = forged_nifti(tmp_path / name, shape)
     tracemalloc.start()
@@ -290,7 +312,9 @@ def test_degenerate_normalisation_is_an_error_naming_the_file():
     data = torch.zeros(1, 20, 20, 20)
     data[0, :2, :2, :2] = 100.0  # 0.1 % of the voxels
     image = MetaTensor(data, meta={"filename_or_obj": "/data/empty.nii.gz"})
-    with pytest.raises(ImageCheckError, match="'/data/empty.nii.gz': its 0.5 and 99.5 intensity percentiles are both 0 "):
+    with pytest.raises(
+        ImageCheckError, match="'/data/empty.nii.gz': its 0.5 and 99.5 intensity percentiles are both 0 "
+    ):
         ModalityNormalize("MR")(image)
     assert float(ModalityNormalize("CT")(image).min()) == pytest.approx(-1 / 3)  # a fixed window: nothing degenerate
 
@@ -347,12 +371,32 @@ def test_sigterm_during_a_write_stops_like_ctrl_c(tmp_path, checkpoint, monkeypa
     content = report(output)
     assert content["complete"] is False
     assert [(r["status"], Path(r["input"]).name) for r in content["images"]] == [
-        ("written", "a.nii.gz"), ("skipped", "b.nii.gz"), ("skipped", "c.nii.gz")]  # fmt: skip
+        ("written", "a.nii.gz"),
+        ("skipped", "b.nii.gz"),
+        ("skipped", "c.nii.gz"),
+    ]
     assert content["images"][1]["reason"] == "not processed: the run stopped"
     assert signal.getsignal(signal.SIGTERM) == handler  # restored after the run
 
 
-def test_interrupt_ends_with_one_line(capsys):
+@pytest.fixture
+def command_line(monkeypatch):
+    """Make ``sys.argv`` that of ``python -m monai.bundle run``; ``sys.excepthook`` is restored afterwards."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "argv", [str(Path(monai.__file__).parent / "bundle" / "__main__.py"), "run"])
+
+
+def test_in_process_run_keeps_the_callers_excepthook(monkeypatch):
+    """A bundle run in-process (MONAI Label, a notebook, a test) keeps its caller's ``sys.excepthook``; only
+    ``python -m monai.bundle`` gets the one-line hook (next test)."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "argv", ["monailabel_train.py"])
+    callers_hook = sys.excepthook
+    report_errors_briefly()
+    assert sys.excepthook is callers_hook
+
+
+def test_interrupt_ends_with_one_line(capsys, command_line):
     report_errors_briefly()
     try:
         raise KeyboardInterrupt
@@ -388,8 +432,12 @@ def test_batch_skips_existing_reports_bad_and_goes_on(tmp_path, checkpoint):
     assert rows["b.nii.gz"]["status"] == "failed"
     assert f"ImageCheckError: '{bad}' has 960 NaN or infinite voxels" in rows["b.nii.gz"]["reason"]
     assert rows["c.nii.gz"] | {"seconds": 0} == {
-        "input": str(data / "c.nii.gz"), "status": "skipped", "reason": "the output exists (overwrite=False)",
-        "output": str(output / "c_synth.nii.gz"), "seconds": 0}  # fmt: skip
+        "input": str(data / "c.nii.gz"),
+        "status": "skipped",
+        "reason": "the output exists (overwrite=False)",
+        "output": str(output / "c_synth.nii.gz"),
+        "seconds": 0,
+    }
     assert files(output) == ["a_synth.nii.gz", "c_synth.nii.gz", "report.json"]  # no temporary report left
 
 
@@ -398,8 +446,20 @@ def test_batch_exit_status_and_last_line(tmp_path, checkpoint):
     data, output = tmp_path / "data", tmp_path / "out"
     write_nifti(data / "a.nii.gz", volume())
     (data / "b.nii.gz").write_text("not an image")
-    result = cli("--config_file", INFERENCE, "--dataset_dir", str(data), "--output_dir", str(output),
-                 "--ckpt_path", str(checkpoint), "--network_def#preset", "T", "--num_inference_steps", "1")  # fmt: skip
+    result = cli(
+        "--config_file",
+        INFERENCE,
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(output),
+        "--ckpt_path",
+        str(checkpoint),
+        "--network_def#preset",
+        "T",
+        "--num_inference_steps",
+        "1",
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("SynthesisError: NIfTI synthesis: 2 images, 1 written, 0 skipped, 1 failed"), last
@@ -410,32 +470,79 @@ def test_batch_exit_status_and_last_line(tmp_path, checkpoint):
 # ------------------------------------------------------------------------------------ 11: overrides checked
 
 WRONG_OVERRIDES = [
-    (INFERENCE, ["--outptu_dir", "X"], "--outptu_dir: no config id 'outptu_dir' (did you mean 'output_dir'?); the ids at the top level are: "),
-    (INFERENCE, ["--network_def#num_inferenc_steps", "3"], "(did you mean 'network_def#num_inference_steps'?); the ids in 'network_def' are: "),
+    (
+        INFERENCE,
+        ["--outptu_dir", "X"],
+        "--outptu_dir: no config id 'outptu_dir' (did you mean 'output_dir'?); the ids at the top level are: ",
+    ),
+    (
+        INFERENCE,
+        ["--network_def#num_inferenc_steps", "3"],
+        "(did you mean 'network_def#num_inference_steps'?); the ids in 'network_def' are: ",
+    ),
     (INFERENCE, ["--num_inference_steps", "-3"], "--num_inference_steps -3: must be a whole number of at least 1."),
     (INFERENCE, ["--network_def#num_inference_steps", "abc"], "--network_def#num_inference_steps 'abc': not a number"),
     (TRAIN, ["--learning_rate", "abc"], "--learning_rate 'abc': not a number (the default is 0.001)."),
-    (TRAIN, ["--train#trainer#max_epochs", "-1"], "--train#trainer#max_epochs -1: must be a whole number of at least 1."),
+    (
+        TRAIN,
+        ["--train#trainer#max_epochs", "-1"],
+        "--train#trainer#max_epochs -1: must be a whole number of at least 1.",
+    ),
     (TRAIN, ["--train#trainer#max_epochs", "0"], "--train#trainer#max_epochs 0: must be a whole number of at least 1."),
-    (TRAIN, ["--train#trainer#max_epochs", "abc"], "--train#trainer#max_epochs 'abc': not a number (the default is 20)."),
+    (
+        TRAIN,
+        ["--train#trainer#max_epochs", "abc"],
+        "--train#trainer#max_epochs 'abc': not a number (the default is 20).",
+    ),
     (TRAIN, ["--train#trainer#max_epochs=2.5"], "--train#trainer#max_epochs 2.5: not a whole number"),
-    (DICOM, ["--series_description_pattern", "T1("], "--series_description_pattern 'T1(': not a valid regular expression"),
+    (
+        DICOM,
+        ["--series_description_pattern", "T1("],
+        "--series_description_pattern 'T1(': not a valid regular expression",
+    ),
     (INFERENCE, ["--target_modality", "XX"], "--target_modality 'XX': not a modality; choose one of MR, CT."),
     (INFERENCE, ["--overwrite", "maybe"], "--overwrite 'maybe': not a flag; use true or false (or 1 / 0)."),
     (DICOM, ["--save-nifti", "yes"], "--save_nifti 'yes': not a flag"),
     (TRAIN, ["--train#dataloader#shuffle", "false"], "a flag inside a component takes True or False"),
     (TRAIN, ["--output_dir#x", "1"], "--output_dir#x: 'output_dir' holds a value, not settings."),
-    (DICOM, ["--dicom_synthesis#min_matrix", "abc"], "--dicom_synthesis#min_matrix 'abc': not a number (the default is 64)."),
+    (
+        DICOM,
+        ["--dicom_synthesis#min_matrix", "abc"],
+        "--dicom_synthesis#min_matrix 'abc': not a number (the default is 64).",
+    ),
     (DICOM, ["--dicom_synthesis#min_fov_mm", "[1]"], "--dicom_synthesis#min_fov_mm [1]: not a number"),
-]  # fmt: skip
+]
 RIGHT_OVERRIDES = [
-    (INFERENCE, ["--overwrite", "FALSE", "--spacing", "[4.0, 4.0, 4.0]", "--network_def#preset", "T", "--network_def", "$torch.nn.Identity()"]),
-    (TRAIN, ["training", "--train#trainer#max_epochs", "2", "--learning_rate", "1", "--validate#dataloader#pin_memory", "True"]),
+    (
+        INFERENCE,
+        [
+            "--overwrite",
+            "FALSE",
+            "--spacing",
+            "[4.0, 4.0, 4.0]",
+            "--network_def#preset",
+            "T",
+            "--network_def",
+            "$torch.nn.Identity()",
+        ],
+    ),
+    (
+        TRAIN,
+        [
+            "training",
+            "--train#trainer#max_epochs",
+            "2",
+            "--learning_rate",
+            "1",
+            "--validate#dataloader#pin_memory",
+            "True",
+        ],
+    ),
     (DICOM, ["--save_nifti", "--series_description_pattern", "T1", "--target_modality", "ct", "--meta_file", "x.json"]),
     (INFERENCE, ["--network_def::preset", "T", "--dataset_dir=/data", "--", "--help"]),
     (TRAIN, ["--tracking", "mlflow", "--experiment_name", "x", "--run_name", "y"]),
     (DICOM, ["--dicom_synthesis#min_matrix", "32", "--dicom_synthesis#min_fov_mm", "80"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("config, args, message", WRONG_OVERRIDES, ids=[" ".join(c[1]) for c in WRONG_OVERRIDES])
@@ -472,10 +579,18 @@ def test_checks_only_the_bundle_command_line(monkeypatch):
 @pytest.mark.parametrize(
     "config, args, last",
     [
-        (INFERENCE, ["--outptu_dir", "X"], "ConfigError: --outptu_dir: no config id 'outptu_dir' (did you mean 'output_dir'?)"),
-        (TRAIN, ["--train#trainer#max_epochs", "0"], "ConfigError: --train#trainer#max_epochs 0: must be a whole number"),
+        (
+            INFERENCE,
+            ["--outptu_dir", "X"],
+            "ConfigError: --outptu_dir: no config id 'outptu_dir' (did you mean 'output_dir'?)",
+        ),
+        (
+            TRAIN,
+            ["--train#trainer#max_epochs", "0"],
+            "ConfigError: --train#trainer#max_epochs 0: must be a whole number",
+        ),
     ],
-)  # fmt: skip
+)
 def test_cli_wrong_override_is_one_line_before_anything_runs(tmp_path, config, args, last):
     result = cli("--config_file", config, "--output_dir", str(tmp_path / "out"), *args)
     assert result.returncode == 1

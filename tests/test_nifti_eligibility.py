@@ -64,7 +64,9 @@ def rows(output: Path) -> dict[str, dict]:
 def seen_by(flow) -> set[tuple[int, ...]]:
     """The spatial shapes of the slices the network is given in ``flow``'s run (filled as it runs)."""
     seen: set[tuple[int, ...]] = set()
-    flow.parser.get_parsed_content("network").register_forward_pre_hook(lambda _, args: seen.add(tuple(args[0].shape[2:])))
+    flow.parser.get_parsed_content("network").register_forward_pre_hook(
+        lambda _, args: seen.add(tuple(args[0].shape[2:]))
+    )
     return seen
 
 
@@ -118,7 +120,7 @@ def sagittal(count: int) -> tuple[np.ndarray, np.ndarray]:
     """``count`` sagittal slices of the demo T1w as dcm2niix stores them: (A-P rows, I-S columns, slices R-L)."""
     source = demo()
     start = 49 - count // 2
-    data = np.asarray(source.dataobj)[start: start + count].transpose(1, 2, 0)
+    data = np.asarray(source.dataobj)[start : start + count].transpose(1, 2, 0)
     a = source.affine
     return data, np.c_[a[:, 1], a[:, 2], a[:, 0], a @ [start, 0, 0, 1]]
 
@@ -127,7 +129,7 @@ def coronal(count: int) -> tuple[np.ndarray, np.ndarray]:
     """``count`` coronal slices: (R-L columns, I-S rows, slices A-P)."""
     source = demo()
     start = 58 - count // 2
-    data = np.asarray(source.dataobj)[:, start: start + count].transpose(0, 2, 1)
+    data = np.asarray(source.dataobj)[:, start : start + count].transpose(0, 2, 1)
     a = source.affine
     return data, np.c_[a[:, 0], a[:, 2], a[:, 1], a @ [0, start, 0, 1]]
 
@@ -158,10 +160,16 @@ def test_thin_input_is_sliced_in_its_acquisition_plane(tmp_path, checkpoint, nam
 def test_head_ct_given_as_mr_is_refused_naming_the_file(tmp_path):
     ct = head_ct()
     assert 0.6 < np.mean(ct < 0) < 0.9  # the real head CT of the issue: 72 %
-    image = MetaTensor(torch.as_tensor(ct)[None], affine=torch.as_tensor(head_affine(ct.shape)),
-                       meta={"filename_or_obj": "/data/head_ct.nii.gz"})  # fmt: skip
-    with pytest.raises(IneligibleImageError, match=r"'/data/head_ct.nii.gz' is not eligible: \d+% of its voxels are "
-                       r"negative \(down to -1\d{3}(\.\d+)?\), but MR magnitude images have no negative values"):
+    image = MetaTensor(
+        torch.as_tensor(ct)[None],
+        affine=torch.as_tensor(head_affine(ct.shape)),
+        meta={"filename_or_obj": "/data/head_ct.nii.gz"},
+    )
+    with pytest.raises(
+        IneligibleImageError,
+        match=r"'/data/head_ct.nii.gz' is not eligible: \d+% of its voxels are "
+        r"negative \(down to -1\d{3}(\.\d+)?\), but MR magnitude images have no negative values",
+    ):
         CheckEligible("MR")(image)
     CheckEligible("MR", max_negative_fraction=None, max_skull_fraction=None)(image)  # the checks can be turned off
     CheckEligible("CT")(image)  # a CT source is not checked
@@ -190,8 +198,10 @@ def test_head_ct_in_a_batch_is_skipped_and_alone_exits_non_zero(tmp_path, checkp
     # alone: nothing eligible, a non-zero exit with the reason (the DICOM batch does so for a CT-only archive)
     error = failure(lambda: workflow(ct, tmp_path / "out2", checkpoint).run())
     assert isinstance(error, SynthesisError)
-    assert str(error).startswith(f"NIfTI synthesis found no eligible image: 1 images, 0 written, 1 skipped, 0 failed "
-                                 f"(first: '{ct}' is not eligible: ")  # fmt: skip
+    assert str(error).startswith(
+        f"NIfTI synthesis found no eligible image: 1 images, 0 written, 1 skipped, 0 failed "
+        f"(first: '{ct}' is not eligible: "
+    )
 
 
 # -------------------------------------------------------------------------------------- 3: a head with skull
@@ -208,8 +218,9 @@ def test_head_with_skull_is_skipped_and_the_check_can_be_turned_off(tmp_path, ch
     assert found["brain.nii.gz"]["status"] == "written"
     for name in ("head.nii.gz", "head_sagittal_slice.nii.gz"):
         assert found[name]["status"] == "skipped", found[name]
-        assert re.search(r"is not eligible: a whole head with skull \(signal-free shell 0\.\d\d > 0\.09",
-                         found[name]["reason"]), found[name]  # fmt: skip
+        assert re.search(
+            r"is not eligible: a whole head with skull \(signal-free shell 0\.\d\d > 0\.09", found[name]["reason"]
+        ), found[name]
     workflow(tmp_path / "in" / "head.nii.gz", tmp_path / "out2", checkpoint, max_skull_fraction=None).run()
     assert rows(tmp_path / "out2")["head.nii.gz"]["status"] == "written"
 
@@ -249,12 +260,24 @@ def test_fraction_arguments_are_checked(argument):
 
 def test_cli_prints_no_library_notices_and_exits_non_zero_when_nothing_is_eligible(tmp_path, checkpoint):
     ct = save(tmp_path / "in" / "head_ct.nii.gz", head_ct(), head_affine(head_ct().shape), codes=(1, 1))
-    result = cli("--config_file", str(CONFIGS / "inference.json"), "--dataset_dir", str(tmp_path / "in"),
-                 "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(checkpoint), "--network_def#preset", "T")  # fmt: skip
+    result = cli(
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--ckpt_path",
+        str(checkpoint),
+        "--network_def#preset",
+        "T",
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"SynthesisError: NIfTI synthesis found no eligible image: 1 images, 0 written, 1 skipped, "
-                           f"0 failed (first: '{ct}' is not eligible: "), last  # fmt: skip
+    assert last.startswith(
+        f"SynthesisError: NIfTI synthesis found no eligible image: 1 images, 0 written, 1 skipped, "
+        f"0 failed (first: '{ct}' is not eligible: "
+    ), last
     printed = result.stdout + result.stderr
     for notice in ("nvImageCodec", "NvImgCodec", "Orientationd", "Traceback"):
         assert notice not in printed, printed[-3000:]

@@ -10,6 +10,7 @@ import torch
 from parameterized import parameterized
 
 from custom.losses import GaussianMMDLoss, MaskedDenoisingLoss, PHMDiffLoss
+from custom.networks.nets import LevelOutput
 
 MMD_SHIFT_CASES = [[None], [(0.5, 1.0, 2.0)]]
 
@@ -103,30 +104,56 @@ class TestGaussianMMDLoss(unittest.TestCase):
 
 
 class TestPHMDiffLoss(unittest.TestCase):
-    def _outputs(self, levels: int = 3, b: int = 4):
-        out = {}
+    def _outputs(self, levels: int = 3, b: int = 4) -> list[LevelOutput]:
+        out = []
         for level in range(levels):
             s = 16 // 2**level
-            out[f"pred_{level}"] = torch.randn(b, 1, s, s)
-            out[f"target_{level}"] = torch.randn(b, 1, s, s)
-            out[f"mask_{level}"] = (torch.rand(b, 1, s, s) > 0.5).float()
-            out[f"features_{level}"] = torch.randn(b, 12)
+            out.append(
+                LevelOutput(
+                    level=level,
+                    prediction=torch.randn(b, 1, s, s),
+                    regression_target=torch.randn(b, 1, s, s),
+                    keep_mask=(torch.rand(b, 1, s, s) > 0.5).float(),
+                    features=torch.randn(b, 12),
+                    timesteps=torch.randint(0, 1000, (b,)),
+                )
+            )
         return out
 
     def test_combination(self):
         out = self._outputs()
         denoise = MaskedDenoisingLoss(masked_weight=0.1)
         mmd = GaussianMMDLoss()
-        expected = sum(denoise(out[f"pred_{i}"], out[f"target_{i}"], out[f"mask_{i}"]) for i in range(3))
-        expected = expected + 0.1 * sum(mmd(out[f"features_{i}"], out[f"features_{i + 1}"]) for i in range(2))
+        expected = sum(denoise(o.prediction, o.regression_target, o.keep_mask) for o in out)
+        expected = expected + 0.1 * sum(mmd(out[i].features, out[i + 1].features) for i in range(2))
         torch.testing.assert_close(PHMDiffLoss(mmd_weight=0.1)(out, None), expected)
+        torch.testing.assert_close(PHMDiffLoss(mmd_weight=0.1)(tuple(out), None), expected)  # any sequence
         self.assertEqual(tuple(PHMDiffLoss(reduction="none")(out, None).shape), (4,))
 
+    def test_level_weights_follow_the_level(self):
+        out = self._outputs()
+        denoise = MaskedDenoisingLoss(masked_weight=0.1)
+        expected = sum(
+            w * denoise(o.prediction, o.regression_target, o.keep_mask) for w, o in zip([1.0, 0.5, 0.0], out)
+        )
+        torch.testing.assert_close(PHMDiffLoss(mmd_weight=0.0, level_weights=[1.0, 0.5, 0.0])(out, None), expected)
+
     def test_wrong_input(self):
-        with self.assertRaisesRegex(ValueError, "pred_0"):
-            PHMDiffLoss()({}, None)
+        out = self._outputs()
+        with self.assertRaisesRegex(TypeError, "sequence of LevelOutput.*got dict"):  # the former dict of pred_ℓ keys
+            PHMDiffLoss()({"pred_0": out[0].prediction}, None)
+        with self.assertRaisesRegex(TypeError, "single LevelOutput"):
+            PHMDiffLoss()(out[0], None)
+        with self.assertRaisesRegex(TypeError, "got Tensor at index 0"):
+            PHMDiffLoss()([out[0].prediction], None)
+        with self.assertRaisesRegex(TypeError, "got Tensor"):
+            PHMDiffLoss()(out[0].prediction, None)
+        with self.assertRaisesRegex(ValueError, "empty"):
+            PHMDiffLoss()([], None)
+        with self.assertRaisesRegex(ValueError, "index 0 holds level 2"):  # coarsest first is refused
+            PHMDiffLoss()(out[::-1], None)
         with self.assertRaisesRegex(ValueError, "level_weights"):
-            PHMDiffLoss(level_weights=[1.0])(self._outputs(), None)
+            PHMDiffLoss(level_weights=[1.0])(out, None)
 
 
 if __name__ == "__main__":

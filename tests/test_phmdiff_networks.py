@@ -83,7 +83,9 @@ def _randomise_output_layers(synth: PHMDiffSynthesizer, seed: int = 0) -> PHMDif
 
 
 class TestPyramid(unittest.TestCase):
-    @parameterized.expand([[(1, 2, 99, 117), (50, 59)], [(1, 1, 48, 40, 32), (24, 20, 16)], [(2, 1, 7, 5, 3), (4, 3, 2)]])
+    @parameterized.expand(
+        [[(1, 2, 99, 117), (50, 59)], [(1, 1, 48, 40, 32), (24, 20, 16)], [(2, 1, 7, 5, 3), (4, 3, 2)]]
+    )
     def test_downsample_shape_and_constant(self, shape, expected):
         down = PyramidDownsample(len(shape) - 2)
         self.assertEqual(tuple(down(torch.rand(shape)).shape[2:]), expected)
@@ -191,8 +193,11 @@ class TestDenoiser(unittest.TestCase):
         for name, preset in PHMDIFF_PRESETS.items():
             net = preset(spatial_dims=2)
             conv = sum(p.numel() for m in (net.stem, net.encoder, net.decoder, net.head) for p in m.parameters())
-            transformer = sum(p.numel() for m in (net.blocks, net.decoder_blocks, net.final_layers, net.patch_embeds)
-                              for p in m.parameters())
+            transformer = sum(
+                p.numel()
+                for m in (net.blocks, net.decoder_blocks, net.final_layers, net.patch_embeds)
+                for p in m.parameters()
+            )
             self.assertGreater(conv, 0, name)
             self.assertLess(conv, transformer, name)
 
@@ -201,7 +206,10 @@ class TestDenoiser(unittest.TestCase):
         varies inside every token; the plain DiT (linear unpatchify only) draws nothing at all."""
         torch.manual_seed(0)
         x = torch.randn(1, 3, 32, 32)
-        hourglass, plain = _tiny_denoiser(2), PHMDiffDenoiser(conv_channels=(), patch_size=4, hidden_size=48, num_heads=2)
+        hourglass, plain = (
+            _tiny_denoiser(2),
+            PHMDiffDenoiser(conv_channels=(), patch_size=4, hidden_size=48, num_heads=2),
+        )
         with torch.no_grad():
             for net in (hourglass, plain):
                 for name, p in net.named_parameters():

@@ -7,18 +7,19 @@ import unittest
 import numpy as np
 import pytest
 import torch
+from monai.data import decollate_batch
 from monai.engines import SupervisedTrainer
 from monai.metrics import PSNRMetric
-from monai.utils import optional_import, set_determinism
+from monai.utils import set_determinism
 from parameterized import parameterized
 
+from custom.data import load_mni152
 from custom.engines import PHMDiffPrepareBatch
 from custom.inferers import PHMDiffTrainingInferer
 from custom.losses import PHMDiffLoss
-from custom.networks.nets import PHMDiffSynthesizer
+from custom.networks.layers import ImagePyramid, PyramidUpsample
+from custom.networks.nets import LevelOutput, PHMDiffSynthesizer
 from test_phmdiff_networks import randomise_zero_layers
-
-datasets, has_nilearn = optional_import("nilearn.datasets")
 
 OVERFIT_STEPS = 100  # optimiser steps of the overfitting test (about 20 s of one CPU core)
 OVERFIT_MARGIN_DB = 5.0  # PSNR margin over the better of the identity and zero baselines
@@ -37,10 +38,9 @@ def mni_t1_t2_slice_pair(z: int = 45) -> tuple[np.ndarray, np.ndarray]:
     made from the template's grey/white-matter probability maps (T2 weighting: CSF bright, grey matter mid, white
     matter dark), both scaled to [-1, 1].
     """
-    t1 = datasets.load_mni152_template(resolution=2).get_fdata()[:, :, z]
-    gm = datasets.load_mni152_gm_template(resolution=2).get_fdata()[:, :, z]
-    wm = datasets.load_mni152_wm_template(resolution=2).get_fdata()[:, :, z]
-    brain = datasets.load_mni152_brain_mask(resolution=2).get_fdata()[:, :, z]
+    t1, gm, wm, brain = (
+        load_mni152(kind, resolution=2)[0][:, :, z].astype(np.float64) for kind in ("t1", "gm", "wm", "mask")
+    )
     csf = np.clip(brain - gm - wm, 0.0, 1.0)
     t2 = 1.0 * csf + 0.6 * gm + 0.35 * wm
 
@@ -56,13 +56,18 @@ class TestTrainingInferer(unittest.TestCase):
         net = PHMDiffSynthesizer(preset="T", **net_kwargs)
         source, target = torch.rand(shape) * 2 - 1, torch.rand(shape) * 2 - 1
         out = PHMDiffTrainingInferer(**inferer_kwargs)(source, net, target=target)
-        for level in range(net.num_levels):
+        self.assertIsInstance(out, list)
+        self.assertEqual(len(out), net.num_levels)
+        for level, record in enumerate(out):  # finest first
+            self.assertIsInstance(record, LevelOutput)
+            self.assertEqual(record.level, level)
             extent = tuple(-(-s // 2**level) for s in shape[2:])
-            self.assertEqual(tuple(out[f"pred_{level}"].shape), shape[:2] + extent)
-            self.assertEqual(tuple(out[f"target_{level}"].shape), shape[:2] + extent)
-            self.assertEqual(tuple(out[f"mask_{level}"].shape), (shape[0], 1) + extent)
-            self.assertEqual(tuple(out[f"features_{level}"].shape), (shape[0], net.denoiser.hidden_size))
-            self.assertEqual(tuple(out[f"timesteps_{level}"].shape), (shape[0],))
+            self.assertEqual(tuple(record.prediction.shape), shape[:2] + extent)
+            self.assertEqual(tuple(record.regression_target.shape), shape[:2] + extent)
+            self.assertEqual(tuple(record.keep_mask.shape), (shape[0], 1) + extent)
+            self.assertEqual(tuple(record.features.shape), (shape[0], net.denoiser.hidden_size))
+            self.assertEqual(tuple(record.timesteps.shape), (shape[0],))
+            self.assertTrue(record.prediction.requires_grad)
         loss = PHMDiffLoss()(out, target)
         loss.backward()
         self.assertTrue(torch.isfinite(loss))
@@ -80,10 +85,11 @@ class TestTrainingInferer(unittest.TestCase):
         source, target = torch.rand(2, 1, 32, 28) * 2 - 1, torch.rand(2, 1, 32, 28) * 2 - 1
         inferer = PHMDiffTrainingInferer(mask_ratio=0.0, prior_noise_std=0.0, prior_source=prior_source)
         out = inferer(source, net, target=target)
-        coarse = out["pred_1"].clamp(-1, 1) if prior_source == "model" else net.pyramid(target)[1]
-        torch.testing.assert_close(inputs[0][:, 2:3], net.upsample(coarse, [32, 28]))
+        pyramid, upsample = ImagePyramid(2, 2), PyramidUpsample(2)  # the synthesiser's pyramid, built alike
+        coarse = out[1].prediction.clamp(-1, 1) if prior_source == "model" else pyramid(target)[1]
+        torch.testing.assert_close(inputs[0][:, 2:3], upsample(coarse, [32, 28]))
         if prior_source == "model":  # not the ground truth
-            self.assertFalse(torch.allclose(inputs[0][:, 2:3], net.upsample(net.pyramid(target)[1], [32, 28])))
+            self.assertFalse(torch.allclose(inputs[0][:, 2:3], upsample(pyramid(target)[1], [32, 28])))
         self.assertTrue(torch.all(inputs[1][:, 2:3] == 0))  # the coarsest level has no prior
 
     def test_ill_arguments(self):
@@ -93,6 +99,28 @@ class TestTrainingInferer(unittest.TestCase):
             PHMDiffTrainingInferer(mask_ratio=1.0)
         with self.assertRaisesRegex(ValueError, "prior_noise_std"):
             PHMDiffTrainingInferer(prior_noise_std=-1.0)
+        net, image = PHMDiffSynthesizer(preset="T", num_levels=2), torch.zeros(1, 1, 16, 16)
+        with self.assertRaisesRegex(ValueError, "mask_ratio"):  # the network checks the same options per call
+            net.training_outputs(image, image, mask_ratio=(0.5, 1.0))
+        with self.assertRaisesRegex(ValueError, "share batch and spatial size"):
+            PHMDiffTrainingInferer()(image, net, target=torch.zeros(1, 1, 16, 12))
+        with self.assertRaisesRegex(TypeError, "PHMDiffSynthesizer"):
+            PHMDiffTrainingInferer()(image, torch.nn.Identity(), target=image)
+
+    def test_inferer_is_the_network_training_pass(self):
+        """The inferer only calls ``training_outputs`` (on the network or its ``.module``): same RNG, same tensors."""
+        net = PHMDiffSynthesizer(preset="T", prediction_type="sample")
+        source, target = torch.rand(2, 1, 40, 36) * 2 - 1, torch.rand(2, 1, 40, 36) * 2 - 1
+        options = {"mask_ratio": (0.5, 0.25, 0.0), "prior_noise_std": 0.2, "prior_source": "model"}
+        torch.manual_seed(3)
+        direct = net.training_outputs(source, target, **options)
+        torch.manual_seed(3)
+        wrapped = PHMDiffTrainingInferer(**options)(source, torch.nn.ModuleDict({"module": net}), target=target)
+        self.assertEqual([o.level for o in direct], list(range(net.num_levels)))
+        for a, b in zip(direct, wrapped):
+            self.assertEqual(a.level, b.level)
+            for name in ("prediction", "regression_target", "keep_mask", "features", "timesteps"):
+                self.assertTrue(torch.equal(getattr(a, name), getattr(b, name)), name)
 
     def test_prepare_batch_and_trainer(self):
         set_determinism(0)
@@ -112,13 +140,24 @@ class TestTrainingInferer(unittest.TestCase):
             inferer=PHMDiffTrainingInferer(),
             prepare_batch=PHMDiffPrepareBatch(),
         )
-        trainer.run()
+        trainer.run()  # decollate=True (the default): the per-level records must decollate with the batch
         self.assertTrue(np.isfinite(float(trainer.state.output[0]["loss"])))
+        self.assertEqual(len(trainer.state.output), 2)  # one entry per sample
+        self.assertEqual(len(trainer.state.output[0]["pred"]), net.num_levels)
         set_determinism(None)
+
+    def test_level_outputs_decollate(self):
+        """MONAI's decollate_batch splits a list of LevelOutput into per-sample entries (a dataclass would raise)."""
+        net = PHMDiffSynthesizer(preset="T", num_levels=2)
+        image = torch.rand(3, 1, 16, 16)
+        items = decollate_batch({"pred": net.training_outputs(image, image), "loss": torch.tensor(1.0)})
+        self.assertEqual(len(items), 3)
+        level, prediction = items[1]["pred"][0][:2]  # sample 1, finest level: the record's fields in order
+        self.assertEqual(level, 0)
+        self.assertEqual(tuple(prediction.shape), (1, 16, 16))
 
 
 @pytest.mark.slow
-@unittest.skipUnless(has_nilearn, "nilearn (MNI template) not installed")
 class TestOverfitOneSlice(unittest.TestCase):
     def test_synthesis_beats_baselines(self):
         """

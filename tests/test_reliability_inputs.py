@@ -25,14 +25,28 @@ from monai.data import MetaTensor
 
 from custom.data import DatasetError
 from custom.engines import SynthesisError
-from custom.handlers import CheckpointError, bundle_error
-from custom.transforms import ImageCheckError, ImageReadError, OutputExistsError, OutputWriteError, SafeSaveImage
-from custom.transforms.io import PARTIAL_MARKER
+from custom.utils import CheckpointError, bundle_error
+from custom.transforms import (
+    ImageCheckError,
+    ImageReadError,
+    OutputExistsError,
+    OutputWriteError,
+    SafeLoadImage,
+    SafeLoadImaged,
+    SafeSaveImage,
+)
+from custom.transforms.io import PARTIAL_MARKER, count_written, loader_of, use_loader
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
 AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
 TINY = {"network_def#preset": "T", "num_inference_steps": 1, "slice_batch_size": 64}
+SHIPPED = REPO / "bundle" / "models" / "model.pt"  # the trained weights, for claims about what the model outputs
+INFERENCE = json.loads((CONFIGS / "inference.json").read_text())
+SHIPPED_SETTINGS = {
+    "network_def#preset": INFERENCE["network_def"]["preset"],
+    "num_inference_steps": INFERENCE["num_inference_steps"],
+}
 
 
 def volume(shape=(10, 12, 8), seed=0) -> np.ndarray:
@@ -81,14 +95,23 @@ def assert_nothing_written(folder: Path, report: bool = False) -> None:
     assert (folder / "keep.nii.gz").read_bytes() == b"user data"
 
 
+def workflow(dataset: Path, output: Path, config: str = "inference.json", **overrides) -> ConfigWorkflow:
+    """A bundle config in-process, initialised, with ``overrides`` of its ids."""
+    flow = ConfigWorkflow(
+        config_file=str(CONFIGS / config),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        workflow_type=None,
+        dataset_dir=str(dataset),
+        output_dir=str(output),
+        **overrides,
+    )
+    flow.initialize()
+    return flow
+
+
 def infer(dataset: Path, output: Path, checkpoint: Path, **overrides) -> None:
-    workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
-        workflow_type=None, dataset_dir=str(dataset), output_dir=str(output), ckpt_path=str(checkpoint),
-        **{**TINY, **overrides},
-    )  # fmt: skip
-    workflow.initialize()
-    workflow.run()
+    workflow(dataset, output, ckpt_path=str(checkpoint), **{**TINY, **overrides}).run()
 
 
 def failure(call, *args, **kwargs) -> BaseException:
@@ -143,7 +166,9 @@ def test_bad_image_is_named_and_nothing_written(tmp_path, output, checkpoint, ki
     assert isinstance(found, SynthesisError) and "1 failed" in str(found), str(found)
     (row,) = json.loads((output / "report.json").read_text())["images"]
     assert row["status"] == "failed" and row["input"] == str(path), row
-    assert row["reason"].startswith(f"{error.__name__}: ") and str(path) in row["reason"] and message in row["reason"], row
+    assert (
+        row["reason"].startswith(f"{error.__name__}: ") and str(path) in row["reason"] and message in row["reason"]
+    ), row
     assert_nothing_written(output, report=True)
 
 
@@ -152,7 +177,9 @@ def test_missing_input_file_is_named(tmp_path, output, checkpoint):
     data.mkdir()
     (data / "datalist.json").write_text(json.dumps({"test": [{"image": "absent.nii.gz"}]}))
     found = failure(infer, data, output, checkpoint)
-    assert isinstance(found, DatasetError) and str(data / "absent.nii.gz") in str(found) and "does not exist" in str(found)
+    assert (
+        isinstance(found, DatasetError) and str(data / "absent.nii.gz") in str(found) and "does not exist" in str(found)
+    )
     found = failure(infer, tmp_path / "nowhere", output, checkpoint)
     assert "dataset_dir=" in str(found) and "does not exist" in str(found)
     assert_nothing_written(output)
@@ -160,8 +187,12 @@ def test_missing_input_file_is_named(tmp_path, output, checkpoint):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("{not json", "is not valid JSON"), ('{"training": []}', "has no list 'test'"), ('{"test": [{"img": "a"}]}', "lacks the key(s) ['image']")],
-)  # fmt: skip
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"training": []}', "has no list 'test'"),
+        ('{"test": [{"img": "a"}]}', "lacks the key(s) ['image']"),
+    ],
+)
 def test_bad_datalist_is_named(tmp_path, output, checkpoint, content, message):
     data = tmp_path / "data"
     data.mkdir()
@@ -192,19 +223,18 @@ def test_bad_inference_checkpoint_is_named(tmp_path, output, checkpoint, damage)
 
 
 def train_dataset(dataset: Path, output: Path) -> None:
-    workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
-        workflow_type=None, dataset_dir=str(dataset), output_dir=str(output), **{"network_def#preset": "T"},
-    )  # fmt: skip
-    workflow.initialize()
-    workflow.parser.get_parsed_content("train#dataset")  # CacheDataset: loads and checks every pair
+    flow = workflow(dataset, output, "train.json", **{"network_def#preset": "T"})
+    flow.parser.get_parsed_content("train#dataset")  # CacheDataset: loads and checks every pair
 
 
 @pytest.mark.parametrize(
     "label_shape, label_affine, message",
-    [((10, 12, 9), AFFINE, "differ in shape: (10, 12, 8) vs (10, 12, 9)"), ((10, 12, 8), np.diag([4.0, 4.0, 5.0, 1.0]), "affines differ")],
+    [
+        ((10, 12, 9), AFFINE, "differ in shape: (10, 12, 8) vs (10, 12, 9)"),
+        ((10, 12, 8), np.diag([4.0, 4.0, 5.0, 1.0]), "affines differ"),
+    ],
     ids=["shape", "affine"],
-)  # fmt: skip
+)
 def test_mismatched_pair_is_named(tmp_path, output, label_shape, label_affine, message):
     data = tmp_path / "data"
     image = write_nifti(data / "s0" / "t1w.nii.gz", volume())
@@ -236,10 +266,17 @@ def one_scan(tmp_path_factory) -> Path:
 
 
 def test_inference_writes_once_and_refuses_to_overwrite(one_scan, output, checkpoint):
-    infer(one_scan, output, checkpoint)
+    """The shipped weights write a finite synthesis on the input's grid, that is not the source; once only."""
+    infer(one_scan, output, SHIPPED, **SHIPPED_SETTINGS)
     written = output / "scan_synth.nii.gz"
     image = nib.load(str(written))
-    assert image.shape == (10, 12, 8) and np.allclose(image.affine, AFFINE) and np.isfinite(image.get_fdata()).all()
+    synthesis, source = image.get_fdata(), nib.load(str(one_scan / "scan.nii.gz")).get_fdata()
+    assert image.shape == (10, 12, 8) and np.allclose(image.affine, AFFINE) and np.isfinite(synthesis).all()
+    assert 0.0 <= synthesis.min() and synthesis.max() <= 1000.0 and synthesis.std() > 1.0, (
+        synthesis.min(),
+        synthesis.max(),
+    )
+    assert abs(np.corrcoef(synthesis.ravel(), source.ravel())[0, 1]) < 0.99  # a synthesis, not a copy of the source
     first, inode = written.read_bytes(), written.stat().st_ino
     infer(one_scan, output, checkpoint)  # skipped, before any synthesis, and reported so
     (row,) = json.loads((output / "report.json").read_text())["images"]
@@ -254,7 +291,11 @@ def test_unwritable_output_folder_is_named(one_scan, tmp_path, checkpoint):
     blocker = tmp_path / "a-file"
     blocker.write_text("a file where the output folder would be")
     found = failure(infer, one_scan, blocker / "out", checkpoint)
-    assert isinstance(found, OutputWriteError) and str(blocker) in str(found) and "cannot create the output folder" in str(found)
+    assert (
+        isinstance(found, OutputWriteError)
+        and str(blocker) in str(found)
+        and "cannot create the output folder" in str(found)
+    )
     assert blocker.read_text() == "a file where the output folder would be"
 
 
@@ -290,23 +331,54 @@ def test_safe_saver_unit(tmp_path, monkeypatch):
         SafeSaveImage(output_dir=str(tmp_path), output_postfix="other", separate_folder=False)(image)
 
 
+def test_pinned_monai_internals_fail_loudly(tmp_path):
+    """The two MONAI internals the savers and loaders rely on (no public API; monai 1.6.1) still work as used:
+    ``LoadImaged`` calls the loader ``use_loader`` gives it, ``SaveImage``'s count names unnamed images 0, 1, ...;
+    and a MONAI without them stops with a message that names what changed."""
+    loader = SafeLoadImaged("image")
+    assert isinstance(loader_of(loader), SafeLoadImage)  # what the DICOM batch registers its reader with
+    with pytest.raises(ImageReadError, match="does not exist"):
+        loader({"image": str(tmp_path / "absent.nii.gz")})
+    saver = SafeSaveImage(output_dir=str(tmp_path), output_postfix="synth", separate_folder=False)
+    for _ in range(2):
+        saver(MetaTensor(torch.rand(1, 4, 5, 6), affine=torch.eye(4)))
+    assert sorted(p.name for p in tmp_path.glob("*.nii.gz")) == ["0_synth.nii.gz", "1_synth.nii.gz"]
+    with pytest.raises(RuntimeError, match="no longer counts written images in '_data_index'"):
+        count_written(object.__new__(SafeSaveImage))
+    with pytest.raises(RuntimeError, match="LoadImaged no longer keeps its LoadImage in '_loader'"):
+        use_loader(object.__new__(SafeLoadImaged), SafeLoadImage())
+
+
 # ------------------------------------------------------------------------------------------- the command line
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
-    )  # fmt: skip
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_cli_error_is_one_clear_last_line(tmp_path, output, checkpoint):
     """Through ``python -m monai.bundle run``: exit status 1 and the last line is our error, not MONAI's wrapper."""
     path = bad_nifti("NaN", tmp_path / "data")
     result = cli(
-        "--config_file", str(CONFIGS / "inference.json"), "--dataset_dir", str(tmp_path / "data"),
-        "--output_dir", str(output), "--ckpt_path", str(checkpoint), "--network_def#preset", "T",
-    )  # fmt: skip
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--dataset_dir",
+        str(tmp_path / "data"),
+        "--output_dir",
+        str(output),
+        "--ckpt_path",
+        str(checkpoint),
+        "--network_def#preset",
+        "T",
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("SynthesisError: NIfTI synthesis: 1 images, 0 written, 0 skipped, 1 failed (first: "), last
@@ -336,9 +408,17 @@ def test_pickled_payload_in_model_pt_is_refused(tmp_path, one_scan, output, chec
     state["denoiser.mask_token"] = Payload(str(marker))
     torch.save(state, bundle / "models" / "model.pt")
     result = cli(
-        "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(bundle), "--dataset_dir", str(one_scan),
-        "--output_dir", str(output), "--network_def#preset", "T",
-    )  # fmt: skip
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--bundle_root",
+        str(bundle),
+        "--dataset_dir",
+        str(one_scan),
+        "--output_dir",
+        str(output),
+        "--network_def#preset",
+        "T",
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"CheckpointError: checkpoint '{bundle / 'models' / 'model.pt'}' was refused"), last

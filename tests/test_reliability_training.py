@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from custom.handlers import CheckpointError, latest_checkpoint, load_checkpoint
+from custom.utils import CheckpointError, latest_checkpoint, load_checkpoint
 from custom.handlers.checkpoint import TEMP_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,12 +42,31 @@ def demo(tmp_path_factory) -> Path:
 
 def command(demo: Path, output: Path, config: str = TRAIN, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config,
-        "--dataset_dir", str(demo), "--output_dir", str(output),
-        "--network_def#preset", "T", "--network_def#num_inference_steps", "1",
-        "--slices_per_volume", "2", "--val_slices_per_volume", "1", "--volumes_per_batch", "1",
-        "--train#trainer#max_epochs", str(EPOCHS), *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        config,
+        "--dataset_dir",
+        str(demo),
+        "--output_dir",
+        str(output),
+        "--network_def#preset",
+        "T",
+        "--network_def#num_inference_steps",
+        "1",
+        "--slices_per_volume",
+        "2",
+        "--val_slices_per_volume",
+        "1",
+        "--volumes_per_batch",
+        "1",
+        "--train#trainer#max_epochs",
+        str(EPOCHS),
+        *extra,
+    ]
 
 
 def environment() -> dict:
@@ -117,14 +136,18 @@ def test_resume_after_sigkill_mid_epoch(demo, uninterrupted, tmp_path):
     """SIGKILL in the middle of epoch 2; the same command resumes at epoch 2 from the epoch-1 checkpoint, and the
     result equals the uninterrupted run exactly."""
     overlay = tmp_path / "kill.json"  # the first run only: a SIGKILL to itself right after iteration 3
-    overlay.write_text(json.dumps({
-        "initialize": [
-            {"_target_": "custom.handlers.report_errors_briefly"},
-            "$monai.utils.set_determinism(seed=@seed)",
-            f"$@train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED(once={KILL_AT_ITERATION}),"
-            " lambda engine: os.kill(os.getpid(), 9))",
-        ]
-    }))  # fmt: skip
+    overlay.write_text(
+        json.dumps(
+            {
+                "initialize": [
+                    {"_target_": "custom.utils.report_errors_briefly"},
+                    "$monai.utils.set_determinism(seed=@seed)",
+                    f"$@train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED(once={KILL_AT_ITERATION}),"
+                    " lambda engine: os.kill(os.getpid(), 9))",
+                ]
+            }
+        )
+    )
     first = run(command(demo, tmp_path, f"['{TRAIN}', '{overlay}']"), tmp_path / "log.txt")
     assert first.returncode == -signal.SIGKILL
     assert checkpoint_files(tmp_path) == ["latest_checkpoint_epoch=1.pt", "model.pt"]  # nothing partial
@@ -193,8 +216,12 @@ def test_bad_resume_checkpoint_is_named(demo, uninterrupted, tmp_path, damage):
     before = target.read_bytes()
     result = subprocess.run(
         command(demo, tmp_path, TRAIN, "--train#trainer#max_epochs", str(EPOCHS + 1)),
-        cwd=REPO, env=environment(), capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("CheckpointError: checkpoint ") and str(target) in last, last
@@ -208,13 +235,17 @@ def test_non_finite_loss_stops_with_files_named(demo, uninterrupted, tmp_path):
     epoch-1 checkpoint stays the last (good) one and is not replaced."""
     loss = {"_target_": "custom.losses.PHMDiffLoss"}
     calls = "n.__setitem__(0, n[0] + 1)"  # the loss runs once per training iteration
-    nan_loss = f"$lambda out, target, n=[0]: ({calls}, @loss_base(out, target) * (float('nan') if n[0] >= {KILL_AT_ITERATION} else 1.0))[1]"  # noqa: E501
+    nan_loss = f"$lambda out, target, n=[0]: ({calls}, @loss_base(out, target) * (float('nan') if n[0] >= {KILL_AT_ITERATION} else 1.0))[1]"
     overlay = tmp_path / "nan.json"
     overlay.write_text(json.dumps({"loss_base": loss, "loss": nan_loss}))
     result = subprocess.run(
         command(demo, tmp_path, f"['{TRAIN}', '{overlay}']"),
-        cwd=REPO, env=environment(), capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("NonFiniteLossError: training loss is nan at epoch 2, iteration 3"), last

@@ -27,10 +27,6 @@ def _load(path: Path) -> torch.Tensor:
     return ModalityNormalize("MR")(torch.as_tensor(nib.load(path).get_fdata(), dtype=torch.float32)[None])
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    return masked_psnr(pred, target, torch.ones_like(target))
-
-
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(SSIMMetric(spatial_dims=2, data_range=2.0)(pred, target).mean())
 
@@ -52,8 +48,13 @@ def slices(tmp_path_factory):
             targets.append(sample["label"])
             masks.append(sample["mask"])
     train = datalist["training"][0]
-    return (torch.stack(sources), torch.stack(targets), torch.stack(masks), _load(folder / train["image"]),
-            _load(folder / train["label"]))
+    return (
+        torch.stack(sources),
+        torch.stack(targets),
+        torch.stack(masks),
+        _load(folder / train["image"]),
+        _load(folder / train["label"]),
+    )
 
 
 def test_shipped_model_beats_identity_and_linear_remap(slices):
@@ -67,10 +68,12 @@ def test_shipped_model_beats_identity_and_linear_remap(slices):
 
     slope, intercept = np.polyfit(train_source.flatten().numpy(), train_target.flatten().numpy(), 1)
     baselines = {"identity": sources, "linear remap": (sources * float(slope) + float(intercept)).clamp(-1, 1)}
-    ours = psnr(synthesis, targets), ssim(synthesis, targets)
-    report = {name: (psnr(pred, targets), ssim(pred, targets)) for name, pred in baselines.items()}
-    print(f"\nPHMDiff PSNR {ours[0]:.2f} dB SSIM {ours[1]:.4f}; " + "; ".join(
-        f"{name} PSNR {p:.2f} dB SSIM {s:.4f}" for name, (p, s) in report.items()))
+    ours = masked_psnr(synthesis, targets), ssim(synthesis, targets)
+    report = {name: (masked_psnr(pred, targets), ssim(pred, targets)) for name, pred in baselines.items()}
+    print(
+        f"\nPHMDiff PSNR {ours[0]:.2f} dB SSIM {ours[1]:.4f}; "
+        + "; ".join(f"{name} PSNR {p:.2f} dB SSIM {s:.4f}" for name, (p, s) in report.items())
+    )
     for name, (baseline_psnr, baseline_ssim) in report.items():
         assert ours[0] > baseline_psnr + 1.0, name
         assert ours[1] > baseline_ssim, name

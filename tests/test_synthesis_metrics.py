@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from custom.metrics import blockiness, lesion_contrast, masked_psnr, through_plane_ratio
+from monai.metrics import PSNRMetric, SSIMMetric, compute_ssim_and_cs
+
+from custom.metrics import blockiness, lesion_contrast, masked_psnr, masked_ssim, through_plane_ratio
 
 
 def _smooth_image(size: int = 48) -> torch.Tensor:
@@ -90,6 +92,44 @@ def test_masked_psnr():
     assert math.isnan(masked_psnr(pred, target, torch.zeros_like(mask)))
 
 
+def test_masked_psnr_is_monais_psnr_of_the_region():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 1, 20, 24, generator=g) * 2 - 1
+    pred = target + 0.1 * torch.randn(target.shape, generator=g)
+    # no mask: the squared error pooled over the whole stack, MONAI's PSNR of the stack as one image
+    monai_psnr = float(PSNRMetric(max_val=2.0)(pred.reshape(1, 1, -1), target.reshape(1, 1, -1)))
+    assert masked_psnr(pred, target) == pytest.approx(monai_psnr, abs=1e-5)
+    assert masked_psnr(pred.numpy(), target.numpy()) == masked_psnr(pred, target)  # arrays alike
+    # a mask: MONAI's PSNR of the voxels inside
+    mask = torch.rand(target.shape, generator=g) > 0.4
+    inside = float(PSNRMetric(max_val=2.0)(pred[mask][None, None], target[mask][None, None]))
+    assert masked_psnr(pred, target, mask) == pytest.approx(inside, abs=1e-5)
+    assert masked_psnr(target, target) == pytest.approx(120.0 + 10 * math.log10(4))  # floored, not inf
+
+
+def test_masked_ssim_is_monais_ssim_map_inside_the_mask():
+    g = torch.Generator().manual_seed(1)
+    target = torch.rand(2, 1, 32, 40, generator=g) * 2 - 1
+    pred = (target + 0.3 * torch.randn(target.shape, generator=g)).clamp(-1, 1)
+    # no mask: SSIMMetric (mean over equal-sized images of each image's mean map)
+    assert masked_ssim(pred, target) == pytest.approx(
+        float(SSIMMetric(2, data_range=2.0)(pred, target).mean()), abs=1e-6
+    )
+    # a mask: the map pixels whose 11x11 window is centred inside it
+    mask = torch.zeros_like(target)
+    mask[:, :, 8:20, 10:30] = 1
+    ssim_map, _ = compute_ssim_and_cs(pred, target, 2, [11, 11], [1.5, 1.5], data_range=2.0)  # (2, 1, 22, 30)
+    expected = float(ssim_map[:, :, 3:15, 5:25].double().mean())
+    assert masked_ssim(pred, target, mask) == pytest.approx(expected, abs=1e-7)
+    assert masked_ssim(target, target, mask) == pytest.approx(1.0)
+    mask[:] = 0
+    mask[:, :, :5] = 1  # only within half a window of the edge: no map pixel
+    assert math.isnan(masked_ssim(pred, target, mask))
+    volume = torch.rand(1, 1, 16, 16, 16, generator=g)  # 3-D alike
+    noisy = volume + 0.2 * torch.rand(volume.shape, generator=g)
+    assert masked_ssim(noisy, volume) == pytest.approx(float(SSIMMetric(3, data_range=2.0)(noisy, volume)), abs=1e-6)
+
+
 def test_through_plane_ratio_is_one_for_the_target_and_high_for_stripes():
     """Slices given independent offsets (what slice-by-slice synthesis without shared context does) are stripes in
     the other two planes; by hand: offsets of +/- a on alternating slices add 2a to every through-plane step."""
@@ -98,10 +138,13 @@ def test_through_plane_ratio_is_one_for_the_target_and_high_for_stripes():
     assert through_plane_ratio(target, target) == pytest.approx(1.0)
     a = 0.3
     stripes = target + a * (2 * (torch.arange(24) % 2) - 1).float().reshape(1, 1, 1, 1, 24)
+
     def steps(v, axis):  # mean |neighbour difference| along one spatial axis
         return (v.narrow(axis, 1, 23) - v.narrow(axis, 0, 23)).abs().mean()
+
     expected = (steps(stripes, 4) / ((steps(stripes, 2) + steps(stripes, 3)) / 2)) / (
-        steps(target, 4) / ((steps(target, 2) + steps(target, 3)) / 2))
+        steps(target, 4) / ((steps(target, 2) + steps(target, 3)) / 2)
+    )
     assert through_plane_ratio(stripes, target, slice_axis=2) == pytest.approx(float(expected), rel=1e-5)
     assert through_plane_ratio(stripes, target, slice_axis=2) > 2
     # along another axis the stripes are in-plane: the ratio drops below 1

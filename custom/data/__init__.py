@@ -6,13 +6,21 @@ cheap and ``python -m custom.data.demo`` runs the module once, without a double-
 
 from __future__ import annotations
 
-import importlib
+from custom.utils.lazy import lazy_exports
 
 from .datalist import IMAGE_SUFFIXES, DatasetError, find_images, load_datalist, prepare_dataset
 from .dataset import ERROR_KEY, INELIGIBLE_KEY, TolerantDataset
 
 _LAZY = {
-    "demo": ("CONTRASTS", "SPLITS", "DATALIST_NAME", "RECORD_NAME", "MASK_NAME", "LESION_NAME", "generate_demo_dataset"),
+    "demo": (
+        "CONTRASTS",
+        "SPLITS",
+        "DATALIST_NAME",
+        "RECORD_NAME",
+        "MASK_NAME",
+        "LESION_NAME",
+        "generate_demo_dataset",
+    ),
     "simulation": (
         "DEFAULT_SETTINGS",
         "MEAN_SUBJECT",
@@ -21,8 +29,10 @@ _LAZY = {
         "SimulatedSubject",
         "SimulationSettings",
         "Template",
+        "load_mni152",
         "load_template",
         "pointwise_mapping_psnr",
+        "pointwise_remap",
         "robust_normalise",
         "simulate_subject",
     ),
@@ -44,8 +54,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    for module, names in _LAZY.items():
-        if name in names:
-            return getattr(importlib.import_module(f".{module}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -150,9 +150,10 @@ def find_images(
     files = sorted(
         str(p)
         for p in root.rglob("*")
-        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+        if p.is_file()
+        and p.name.lower().endswith(IMAGE_SUFFIXES)
         and not (skipped and p.relative_to(root).is_relative_to(skipped))
-    )  # fmt: skip
+    )
     if not files:
         raise DatasetError(f"dataset_dir='{dataset_dir}' holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
     return [{"image": f} for f in files]

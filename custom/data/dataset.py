@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monai.data import Dataset
 
-from ..handlers.errors import bundle_error, describe_error
+from ..utils.errors import bundle_error, describe_error
 from ..transforms.utility import IneligibleImageError
 
 __all__ = ["ERROR_KEY", "INELIGIBLE_KEY", "TolerantDataset"]

@@ -33,7 +33,16 @@ from .simulation import (
     simulate_subject,
 )
 
-__all__ = ["CONTRASTS", "SPLITS", "DATALIST_NAME", "RECORD_NAME", "MASK_NAME", "LESION_NAME", "generate_demo_dataset", "main"]
+__all__ = [
+    "CONTRASTS",
+    "SPLITS",
+    "DATALIST_NAME",
+    "RECORD_NAME",
+    "MASK_NAME",
+    "LESION_NAME",
+    "generate_demo_dataset",
+    "main",
+]
 
 SPLITS = ("training", "validation", "test")
 DATALIST_NAME = "datalist.json"

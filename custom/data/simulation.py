@@ -42,11 +42,13 @@ __all__ = [
     "MEAN_SUBJECT",
     "Template",
     "SimulatedSubject",
+    "load_mni152",
     "load_template",
     "signal_equation",
     "simulate_subject",
     "robust_normalise",
     "pointwise_mapping_psnr",
+    "pointwise_remap",
 ]
 
 CONTRASTS = ("t1w", "t2w", "pdw", "flair")
@@ -225,19 +227,45 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
+_MNI152_LOADERS = {
+    "t1": "load_mni152_template",
+    "gm": "load_mni152_gm_template",
+    "wm": "load_mni152_wm_template",
+    "mask": "load_mni152_brain_mask",
+}
+
+
+@functools.lru_cache(maxsize=8)
+def load_mni152(kind: str = "t1", resolution: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """One image of the MNI ICBM152 2009a template shipped inside ``nilearn``, loaded once per process.
+
+    The one place that reads the template: the simulation, the DICOM throughput benchmark and the DICOM test
+    fixtures take their anatomy from here.
+
+    Args:
+        kind: ``"t1"`` (the T1 template), ``"gm"`` or ``"wm"`` (tissue probability maps), ``"mask"`` (nilearn's
+            brain mask, 0/1).
+        resolution: voxel size in mm as nilearn offers it (1 or 2).
+
+    Returns:
+        the image (float32, read-only) and its RAS affine (float64, read-only).
+    """
+    if kind not in _MNI152_LOADERS:
+        raise ValueError(f"kind={kind!r} is not a template image; choose one of {tuple(_MNI152_LOADERS)}.")
+    from nilearn import datasets  # imported here: only generation needs nilearn
+
+    img = getattr(datasets, _MNI152_LOADERS[kind])(resolution=resolution)
+    return _read_only(np.asarray(img.get_fdata(dtype=np.float32))), _read_only(np.asarray(img.affine, np.float64))
+
+
 @functools.lru_cache(maxsize=2)
 def _template_1mm() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The template's affine and its T1, GM, WM, CSF and mask at 1 mm (float32), loaded once per process."""
-    from nilearn import datasets  # imported here: only generation needs nilearn
-
-    t1_img = datasets.load_mni152_template(resolution=1)
-    t1 = np.asarray(t1_img.get_fdata(dtype=np.float32))
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32))
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32))
+    (t1, affine), (gm, _), (wm, _) = (load_mni152(kind, 1) for kind in ("t1", "gm", "wm"))
     # the same rule as nilearn.datasets.load_mni152_brain_mask, without reloading the template
     mask = (t1 > _BRAIN_MASK_THRESHOLD).astype(np.float32)
     csf = np.clip(mask - gm - wm, 0.0, 1.0)
-    return np.asarray(t1_img.affine, dtype=np.float64), {"t1": t1, "gm": gm, "wm": wm, "csf": csf, "mask": mask}
+    return affine, {"t1": t1, "gm": gm, "wm": wm, "csf": csf, "mask": mask}
 
 
 @functools.lru_cache(maxsize=4)
@@ -643,12 +671,38 @@ def robust_normalise(image: np.ndarray, lower: float = 0.5, upper: float = 99.5,
     return np.clip(scaled, -1.0, 1.0) if clip else scaled
 
 
+def pointwise_remap(source, target, fit=None, bins: int = 256) -> np.ndarray:
+    """The best pointwise intensity mapping source -> target, applied to ``source``.
+
+    The mapping is the conditional mean of ``target`` per source bin (``bins`` equal bins over [-1, 1]; values
+    outside go to the end bins), fitted on the voxels where ``fit`` is non-zero (all voxels when None): the
+    least-squares optimum among functions of one voxel's intensity, at that bin resolution. Both the
+    simulation's check (:func:`pointwise_mapping_psnr`) and the benchmark's ``oracle_remap`` row use it.
+
+    Args:
+        source: source intensities in [-1, 1] (array or tensor, any shape).
+        target: target intensities, same shape.
+        fit: voxels to fit the mapping on (non-zero = used), same shape; None for all.
+        bins: number of source bins.
+
+    Returns:
+        float64 array of ``source``'s shape: the mapping's value at every source voxel (0 in bins with no fitted
+        voxel).
+    """
+    s, t = (np.asarray(v, dtype=np.float64) for v in (source, target))
+    index = np.clip(((s + 1.0) / 2.0 * bins).astype(int), 0, bins - 1)
+    used = np.ones(s.shape, bool) if fit is None else np.asarray(fit) > 0
+    counts = np.bincount(index[used], minlength=bins)
+    means = np.bincount(index[used], weights=t[used], minlength=bins) / np.maximum(counts, 1)
+    return means[index]
+
+
 def pointwise_mapping_psnr(source: np.ndarray, target: np.ndarray, mask: np.ndarray, bins: int = 256) -> float:
     """PSNR (dB, data range 2) inside ``mask`` of the best pointwise intensity mapping source -> target.
 
-    The mapping is the conditional mean of the normalised target given the finely binned normalised source,
-    fitted on these very images: an upper bound for any method that looks at one voxel at a time. A task where
-    this stays far below a good model's PSNR needs spatial context.
+    The mapping (:func:`pointwise_remap`) is the conditional mean of the normalised target given the finely binned
+    normalised source, fitted on these very images: an upper bound for any method that looks at one voxel at a
+    time. A task where this stays far below a good model's PSNR needs spatial context.
 
     Args:
         source: source image.
@@ -656,11 +710,9 @@ def pointwise_mapping_psnr(source: np.ndarray, target: np.ndarray, mask: np.ndar
         mask: region to fit and score (non-zero = inside).
         bins: number of source intensity bins over [-1, 1].
     """
+    from ..metrics import masked_psnr  # imported here: the metrics need torch, the simulation does not
+
     inside = np.asarray(mask) > 0
     s = robust_normalise(source)[inside]
     t = robust_normalise(target)[inside]
-    index = np.clip(((s + 1.0) / 2.0 * bins).astype(int), 0, bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    means = np.bincount(index, weights=t, minlength=bins) / np.maximum(counts, 1)
-    mse = float(np.mean((means[index] - t) ** 2))
-    return float(10.0 * np.log10(2.0**2 / max(mse, 1e-12)))
+    return masked_psnr(pointwise_remap(s, t, bins=bins), t)

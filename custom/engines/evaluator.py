@@ -15,7 +15,7 @@ from monai.engines import SupervisedEvaluator
 from monai.utils import CommonKeys, ImageMetaKey
 
 from ..data.dataset import ERROR_KEY, INELIGIBLE_KEY
-from ..handlers.errors import describe_error
+from ..utils.errors import describe_error
 from ..transforms.io import OutputWriteError, SafeSaveImaged, remove_stale_partials, write_text_atomic
 
 __all__ = ["SynthesisError", "SynthesisEvaluator", "sigterm_interrupts", "WRITTEN", "SKIPPED", "FAILED"]
@@ -66,8 +66,9 @@ class SynthesisEvaluator(SupervisedEvaluator):
         args, kwargs: as ``SupervisedEvaluator``; the data loader gives one input per batch.
     """
 
-    def __init__(self, *args, output_dir: str | os.PathLike, postprocessing, image_key: str = CommonKeys.IMAGE,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self, *args, output_dir: str | os.PathLike, postprocessing, image_key: str = CommonKeys.IMAGE, **kwargs
+    ) -> None:
         super().__init__(*args, postprocessing=postprocessing, **kwargs)
         savers = [t.saver for t in getattr(postprocessing, "transforms", ()) if isinstance(t, SafeSaveImaged)]
         if len(savers) != 1:
@@ -137,9 +138,15 @@ class SynthesisEvaluator(SupervisedEvaluator):
         """Write ``report.json`` (inputs a stopped run did not reach as skipped) and log the summary; return it."""
         items = [] if finished else list(getattr(getattr(self.data_loader, "dataset", None), "data", []))
         self.records += [
-            {"input": str(item.get(self.image_key, item)), "status": SKIPPED, "reason": "not processed: the run "
-             "stopped", "output": "", "seconds": 0.0} for item in items[len(self.records):]
-        ]  # fmt: skip
+            {
+                "input": str(item.get(self.image_key, item)),
+                "status": SKIPPED,
+                "reason": "not processed: the run stopped",
+                "output": "",
+                "seconds": 0.0,
+            }
+            for item in items[len(self.records) :]
+        ]
         counts = {k: sum(r["status"] == k for r in self.records) for k in (WRITTEN, SKIPPED, FAILED)}
         report = {"output_dir": str(self.output_dir), "complete": finished, "counts": counts, "images": self.records}
         write_text_atomic(self.output_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -15,7 +15,7 @@ class PHMDiffPrepareBatch(PrepareBatch):
     """
     Returns ``(source, target, (), {"target": target})`` from a batch dict, so ``SupervisedTrainer`` calls
     ``inferer(source, network, target=target)`` (:class:`custom.inferers.PHMDiffTrainingInferer`) and then
-    ``loss_function(pred_dict, target)`` (:class:`custom.losses.PHMDiffLoss`).
+    ``loss_function(level_outputs, target)`` (:class:`custom.losses.PHMDiffLoss`).
 
     Args:
         source_key: key of the source image in the batch; default "image".

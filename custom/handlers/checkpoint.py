@@ -1,166 +1,37 @@
-"""Checkpoints that resume training exactly: the engine's progress and the random number generators saved too."""
+"""Checkpoint handlers that resume training exactly: the engine's progress and the random number generators saved
+too, files written atomically, and one clear error for a checkpoint that cannot be used."""
 
 from __future__ import annotations
 
 import os
-import pickle
-import random
 import re
 import tempfile
-import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
+import ignite.distributed as idist
+import monai
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.networks.utils import copy_model_state
-from monai.transforms import Compose, Randomizable
 
-__all__ = [
-    "CheckpointError",
-    "load_checkpoint",
-    "latest_checkpoint",
-    "RandomStates",
-    "AtomicCheckpointSaver",
-    "CheckedCheckpointLoader",
-    "EngineCheckpointSaver",
-    "EngineCheckpointLoader",
-]
+from ..utils.checkpoint import CheckpointError, load_checkpoint
+
+__all__ = ["AtomicCheckpointSaver", "CheckedCheckpointLoader", "EngineCheckpointSaver", "EngineCheckpointLoader"]
 
 TEMP_PREFIX = ".checkpoint-partial-"  # temporary files of the atomic saver, removed on failure
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, corrupt, unsafe or incompatible; the message names the path."""
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict:
-    """``torch.load(path, weights_only=True)`` with one clear :class:`CheckpointError` naming the path and the
-    reason (missing, truncated or not a checkpoint, or holding Python objects that tensors-only loading refuses).
-
-    Args:
-        path: the checkpoint file.
-        map_location: as ``torch.load``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist.")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"\bGLOBAL (\S+)", str(err))  # torch words it "Unsupported global: GLOBAL io.open ..."
-        if found:  # or "Trying to load unsupported GLOBAL posix.system whose module posix is blocked"
-            raise CheckpointError(
-                f"checkpoint '{path}' was refused as unsafe: it holds a pickled Python object ({found.group(1)}) "
-                "besides tensors and plain types, which could run code when loaded; only tensors-only checkpoints "
-                "(weights_only=True) are accepted. Re-save a plain state_dict from a trusted copy."
-            ) from None
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        reason = next((line for line in reversed(lines) if not line.startswith("Check the documentation")), "")
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch checkpoint ({reason}).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"checkpoint '{path}' is corrupt, truncated or not a PyTorch checkpoint ({reason}).") from None
-
-
-def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "latest") -> str:
-    """Path of the newest ``{prefix}_checkpoint_*.pt`` written by MONAI's ``CheckpointSaver`` in ``ckpt_dir``,
-    or ``""`` when there is none (a fresh run).
-
-    Args:
-        ckpt_dir: folder of the checkpoints.
-        prefix: the saver's ``file_prefix``.
-    """
-    pattern = re.compile(rf"^{re.escape(prefix)}_checkpoint_(?:epoch=)?(\d+)\.pt$")
-    folder = Path(ckpt_dir)
-    found = [(int(m.group(1)), p) for p in folder.glob(f"{prefix}_*.pt") if (m := pattern.match(p.name))]
-    return str(max(found)[1]) if found else ""
-
-
-class RandomStates:
-    """The states of Python's, NumPy's and PyTorch's global generators and of the random transforms, as a
-    checkpointable object (``state_dict`` / ``load_state_dict``) holding tensors and plain types only, so it loads
-    with ``torch.load(..., weights_only=True)``.
-
-    Every generator reachable from the transforms is saved, nested ones included: e.g. ``RandAffined`` draws its
-    angles from the generator of its inner ``RandAffineGrid``, not from its own ``R``; MONAI's ``DataLoader`` seeds
-    each of them separately (``set_rnd``).
-
-    Args:
-        transforms: random transforms whose own generators are saved too (a ``Compose`` is searched).
-    """
-
-    def __init__(self, transforms: Sequence | Compose | None = None) -> None:
-        found = transforms.flatten().transforms if isinstance(transforms, Compose) else (transforms or [])
-        self.randomizables = [t for t in found if isinstance(t, Randomizable)]
-        self.generators = self._generators(self.randomizables)
-
-    @staticmethod
-    def _generators(objects: Sequence) -> list[np.random.RandomState]:
-        """The distinct ``R`` generators of ``objects`` and of the transforms they hold, in a fixed order."""
-        found: dict[int, np.random.RandomState] = {}
-        seen: set[int] = set()
-
-        def visit(obj) -> None:
-            if id(obj) in seen:
-                return
-            seen.add(id(obj))
-            if isinstance(obj, (list, tuple)):
-                for item in obj:
-                    visit(item)
-            elif isinstance(obj, dict):
-                for item in obj.values():
-                    visit(item)
-            elif isinstance(obj, (Randomizable, Compose)) or type(obj).__module__.startswith("monai.transforms"):
-                if isinstance(getattr(obj, "R", None), np.random.RandomState):
-                    found.setdefault(id(obj.R), obj.R)
-                for value in vars(obj).values() if hasattr(obj, "__dict__") else ():
-                    visit(value)
-
-        for obj in objects:
-            visit(obj)
-        return list(found.values())
-
-    @staticmethod
-    def _numpy_state(state: tuple) -> dict:
-        name, keys, pos, has_gauss, cached = state
-        return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached}
-
-    @staticmethod
-    def _numpy_tuple(state: dict) -> tuple:
-        keys = state["keys"].numpy().astype(np.uint32)
-        return ("MT19937", keys, state["pos"], state["has_gauss"], state["cached"])
-
-    def state_dict(self) -> dict:
-        version, internal, gauss = random.getstate()
-        return {
-            "python": {"version": version, "internal": list(internal), "gauss": gauss},
-            "numpy": self._numpy_state(np.random.get_state()),
-            "torch": torch.get_rng_state(),
-            "transforms": [self._numpy_state(generator.get_state()) for generator in self.generators],
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        python = state["python"]
-        random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
-        np.random.set_state(self._numpy_tuple(state["numpy"]))
-        torch.set_rng_state(state["torch"])
-        if len(state["transforms"]) != len(self.generators):
-            raise ValueError(
-                f"checkpoint holds the states of {len(state['transforms'])} transform generators, the pipeline has "
-                f"{len(self.generators)}: it was written with another preprocessing."
-            )
-        for generator, saved in zip(self.generators, state["transforms"]):
-            generator.set_state(self._numpy_tuple(saved))
 
 
 class _AtomicDiskSaver(DiskSaver):
     """Ignite's ``DiskSaver`` writing to a temporary file in the same folder, flushed to disk, then renamed onto the
     checkpoint name; a process killed while saving leaves the previous checkpoint and at most a temporary file,
-    which the next run removes. Supports the fixed file names of MONAI's saver (``filename``)."""
+    which the next run removes. Supports the fixed file names of MONAI's saver (``filename``).
+
+    ``__call__`` writes the file itself, from ``DiskSaver``'s public attributes (``dirname``, ``save_on_rank``,
+    ``kwargs``), rather than overriding its private ``_save_func``; Ignite's XLA (TPU) branch is not supported.
+    """
 
     def __init__(self, dirname: str, filename: str | None = None) -> None:
         super().__init__(dirname=dirname, require_empty=False, atomic=True)
@@ -169,16 +40,12 @@ class _AtomicDiskSaver(DiskSaver):
             stale.unlink(missing_ok=True)  # left by a killed run; never a complete checkpoint
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        super().__call__(checkpoint, self.filename or filename, metadata)
-
-    def remove(self, filename: str) -> None:
-        if self.filename is None:  # a fixed name is replaced in place, never removed
-            super().remove(filename)
-
-    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
+        path = self.dirname / (self.filename or filename)
         with tempfile.NamedTemporaryFile(delete=False, dir=self.dirname, prefix=TEMP_PREFIX) as tmp:
             try:
-                func(checkpoint, tmp.file, **self.kwargs)
+                torch.save(checkpoint, tmp.file, **self.kwargs)
                 tmp.file.flush()
                 os.fsync(tmp.file.fileno())
             except BaseException:
@@ -188,6 +55,10 @@ class _AtomicDiskSaver(DiskSaver):
         os.replace(tmp.name, path)
         os.chmod(path, 0o666 & ~_umask())
 
+    def remove(self, filename: str) -> None:
+        if self.filename is None:  # a fixed name is replaced in place, never removed
+            super().remove(filename)
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -195,9 +66,39 @@ def _umask() -> int:
     return mask
 
 
+# MONAI's CheckpointSaver keeps its Ignite Checkpoint objects in private attributes, with no public accessor
+# (MONAI 1.x): final, key-metric and interval checkpoints, in this order.
+_MONAI_SAVER_CHECKPOINTS = ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint")
+
+
+def _monai_saver_checkpoints(saver: CheckpointSaver) -> tuple[Checkpoint | None, Checkpoint | None, Checkpoint | None]:
+    """The Ignite ``Checkpoint`` objects of MONAI's ``CheckpointSaver``: ``(final, key_metric, interval)``, ``None``
+    where the saver does not save that kind.
+
+    The only place this package reads MONAI's private attributes (see ``_MONAI_SAVER_CHECKPOINTS``); each
+    checkpoint's ``save_handler`` must have MONAI's fixed ``filename`` (``None`` for numbered files). A MONAI that
+    renames or changes them raises ``AttributeError`` here, naming what changed (``tests/test_handlers.py`` checks
+    the installed MONAI), instead of checkpoints being written non-atomically or under another name.
+    """
+    found = []
+    for name in _MONAI_SAVER_CHECKPOINTS:
+        value = getattr(saver, name, AttributeError)
+        if value is not None and not (isinstance(value, Checkpoint) and hasattr(value.save_handler, "filename")):
+            raise AttributeError(
+                f"monai.handlers.CheckpointSaver.{name} is no longer an Ignite Checkpoint whose save_handler has a "
+                f"'filename' (MONAI {monai.__version__}); custom.handlers.checkpoint._monai_saver_checkpoints must be "
+                "updated for this MONAI version."
+            )
+        found.append(value)
+    return found[0], found[1], found[2]
+
+
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's ``CheckpointSaver`` whose files are written atomically (temporary file, ``fsync``, rename), so a
     checkpoint is never half-written (MONAI's saver writes in place, ``atomic=False``).
+
+    ``final_checkpoint``, ``key_metric_checkpoint`` and ``interval_checkpoint`` are MONAI's Ignite ``Checkpoint``
+    objects (``None`` where not configured), from :func:`_monai_saver_checkpoints`.
 
     Args:
         args, kwargs: as ``CheckpointSaver``.
@@ -205,18 +106,22 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+        self.final_checkpoint, self.key_metric_checkpoint, self.interval_checkpoint = _monai_saver_checkpoints(self)
+        for checkpoint in (self.final_checkpoint, self.key_metric_checkpoint, self.interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
 
     def state_dict(self) -> dict:
         """The best score and file of the key-metric saver: kept in the training checkpoint, so that a resumed run
         does not replace a better ``model.pt`` with its first validation."""
-        return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
+        return self.key_metric_checkpoint.state_dict() if self.key_metric_checkpoint is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        if self._key_metric_checkpoint is not None and state:
-            self._key_metric_checkpoint.load_state_dict(state)
+        if self.key_metric_checkpoint is not None and state:
+            self.key_metric_checkpoint.load_state_dict(state)
+
+
+_SAVED = "_saved"  # the key of Ignite's Checkpoint.state_dict(): a list of (priority, filename), lowest first
 
 
 class EngineCheckpointSaver(AtomicCheckpointSaver):
@@ -240,7 +145,7 @@ class EngineCheckpointSaver(AtomicCheckpointSaver):
     def _adopt_earlier_checkpoints(self, engine: Engine) -> None:
         """After a resume, count the interval checkpoints already on disk up to the resumed epoch as this saver's
         own, so ``n_saved`` keeps applying (a new process would otherwise never remove them)."""
-        checkpoint = self._interval_checkpoint
+        checkpoint = self.interval_checkpoint
         if checkpoint is None or checkpoint.save_handler.filename is not None:
             return
         step = engine.state.epoch if self.epoch_level else engine.state.iteration
@@ -250,9 +155,10 @@ class EngineCheckpointSaver(AtomicCheckpointSaver):
             for p in Path(self.save_dir).glob("*.pt")
             if (m := pattern.match(p.name)) and int(m.group(1)) <= step
         )
-        known = {item.filename for item in checkpoint._saved}
-        checkpoint._saved.extend(Checkpoint.Item(priority, name) for priority, name in found if name not in known)
-        checkpoint._saved.sort(key=lambda item: item.priority)
+        state = checkpoint.state_dict()  # Ignite's public way to read and restore the list of saved files
+        known = {filename for _, filename in state[_SAVED]}
+        saved = [*state[_SAVED], *((priority, name) for priority, name in found if name not in known)]
+        checkpoint.load_state_dict({**state, _SAVED: sorted(saved, key=lambda item: item[0])})
 
 
 class CheckedCheckpointLoader(CheckpointLoader):

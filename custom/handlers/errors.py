@@ -1,62 +1,16 @@
-"""One clear line for the user when a bundle command stops on a known problem (bad input, checkpoint or output)."""
+"""MONAI's ``StatsHandler`` logging an error of this package (bad input, checkpoint, non-finite loss) as one line;
+the helpers and the command line's excepthook are in :mod:`custom.utils.errors`."""
 
 from __future__ import annotations
 
 import sys
-from types import TracebackType
 
 from ignite.engine import Engine
 from monai.handlers import StatsHandler
 
-__all__ = ["BriefErrorStatsHandler", "bundle_error", "describe_error", "report_errors_briefly"]
+from ..utils.errors import bundle_error, describe_error
 
-_PACKAGE = __name__.split(".")[0]  # errors defined in this package describe the user's data, config or files
-
-
-def bundle_error(exc: BaseException | None) -> BaseException | None:
-    """The first exception of this package in ``exc``'s chain (``__cause__`` / ``__context__``), if any.
-
-    MONAI's bundle runner wraps errors raised while instantiating or evaluating config items
-    (``RuntimeError: Failed to evaluate ...``) and ``Compose`` wraps transform errors (``applying transform ...``);
-    the message the user needs is the innermost one from this package.
-    """
-    return next((e for e in _chain(exc) if type(e).__module__.split(".")[0] == _PACKAGE), None)
-
-
-def describe_error(exc: BaseException) -> str:
-    """``<ErrorType>: <message>`` on one line, of :func:`bundle_error`'s error, else of the innermost one in the
-    chain (the cause MONAI's wrappers hide): what a report row or a one-line exit shows."""
-    found = bundle_error(exc) or list(_chain(exc))[-1]
-    message = " ".join(str(found).split())
-    message = message if len(message) <= 2000 else message[:2000] + " ..."
-    return f"{type(found).__name__}: {message}" if message else type(found).__name__
-
-
-def _chain(exc: BaseException | None):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def _hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    if sys.flags.dev_mode or not (isinstance(exc, KeyboardInterrupt) or bundle_error(exc)):
-        sys.__excepthook__(exc_type, exc, tb)
-        return
-    print(f"(traceback hidden; `python -X dev -m monai.bundle ...` shows it)\n{describe_error(exc)}", file=sys.stderr)
-
-
-def report_errors_briefly() -> None:
-    """Make an uncaught error of this package end the process with one line, ``<ErrorType>: <message>`` naming the
-    file or config id and the problem, instead of MONAI's chained traceback, and an interrupt (Ctrl-C, or SIGTERM
-    during a synthesis run) with the line ``KeyboardInterrupt``; other errors keep the full traceback, and
-    ``python -X dev`` shows it for ours too. Called first in the configs' ``run``.
-
-    A hook, not ``SystemExit`` subclasses: the errors stay ordinary ``ValueError``/``RuntimeError``/``OSError``
-    that library callers (MONAI Label, DataLoader workers, tests) catch as usual.
-    """
-    sys.excepthook = _hook
+__all__ = ["BriefErrorStatsHandler"]
 
 
 class BriefErrorStatsHandler(StatsHandler):
@@ -64,8 +18,8 @@ class BriefErrorStatsHandler(StatsHandler):
     MONAI's :class:`~monai.handlers.StatsHandler`, except that an error of this package raised during an engine run
     (bad input, checkpoint, non-finite loss) is logged as one line instead of a traceback, so that the user sees
     what is wrong rather than library internals; the process then ends with that error's own line
-    (:func:`report_errors_briefly`); an interrupt too. Other errors, and runs under ``python -X dev``, keep MONAI's
-    traceback.
+    (:func:`custom.utils.report_errors_briefly`); an interrupt too. Other errors, and runs under ``python -X dev``,
+    keep MONAI's traceback.
     """
 
     def exception_raised(self, _engine: Engine, e: BaseException) -> None:

@@ -20,10 +20,13 @@ __all__ = ["synthesis_grid", "png_bytes", "SynthesisGridHandler"]
 
 def synthesis_grid(source: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, max_rows: int = 4) -> torch.Tensor:
     """A (1, W·rows, H·4) image in [0, 1] from channel-first 2-D (H, W) batches in [-1, 1], each panel transposed and
-    flipped so that an axial RAS slice shows anterior up; the error is |pred - target|."""
+    flipped so that an axial RAS slice shows anterior up; the error is |pred - target|. Of 3-D (H, W, D) volumes the
+    middle axial slice is shown."""
     rows = []
     for s, p, t in list(zip(source, pred, target))[:max_rows]:
         s, p, t = (x[0].detach().float().cpu() for x in (s, p, t))
+        if s.ndim == 3:
+            s, p, t = (x[..., x.shape[-1] // 2] for x in (s, p, t))
         error = (p - t).abs() - 1.0  # |error| in [0, 2] shown on the same [-1, 1] scale
         rows.append(torch.cat([x.T.flip(0) for x in (s, p, t, error)], dim=1))
     return ((torch.cat(rows, dim=0).clamp(-1, 1) + 1) / 2)[None]

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from .batch import DicomBatchSynthesis, FoundSeries, Redactor, SeriesRecord, find_dicom_series, without_savers
+from .batch import (
+    DicomBatchError,
+    DicomBatchSynthesis,
+    FoundSeries,
+    Redactor,
+    SeriesRecord,
+    find_dicom_series,
+    without_savers,
+)
 from .geometry import DicomSeriesError, SeriesGeometry, series_geometry
 from .reader import DicomSeriesData, DicomSeriesReader, read_dicom_header
+from .synthetic import write_dicom_series
 from .writer import DicomSeriesWriter, choose_rescale
 
 __all__ = [
+    "DicomBatchError",
     "DicomBatchSynthesis",
     "DicomSeriesData",
     "DicomSeriesError",
@@ -22,4 +32,5 @@ __all__ = [
     "read_dicom_header",
     "series_geometry",
     "without_savers",
+    "write_dicom_series",
 ]

@@ -41,9 +41,9 @@ from pydicom import Dataset
 from pydicom.uid import UID
 
 from ..bundle import as_flag
-from ..engines.evaluator import FAILED, SKIPPED, WRITTEN, sigterm_interrupts
-from ..handlers.errors import describe_error
-from ..transforms.io import remove_stale_partials, write_text_atomic
+from ..engines.evaluator import FAILED, SKIPPED, WRITTEN, SynthesisError, sigterm_interrupts
+from ..utils.errors import describe_error
+from ..transforms.io import OutputWriteError, loader_of, remove_stale_partials, write_text_atomic
 from .eligibility import (
     MAX_SKULL_FRACTION,
     MIN_FOV_MM,
@@ -57,7 +57,13 @@ from .reader import DicomSeriesReader, SeriesInstances, is_dicomdir, read_dicom_
 from .writer import DicomSeriesWriter
 
 __all__ = [
-    "DicomBatchSynthesis", "SeriesRecord", "FoundSeries", "find_dicom_series", "without_savers", "Redactor",
+    "DicomBatchError",
+    "DicomBatchSynthesis",
+    "SeriesRecord",
+    "FoundSeries",
+    "find_dicom_series",
+    "without_savers",
+    "Redactor",
     "HEADER_TAGS",
 ]
 
@@ -72,11 +78,32 @@ _PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientNa
 #: the check for series this software wrote); the rest is skipped unread. The writer gets the whole header of one
 #: series at a time.
 HEADER_TAGS = (
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
-    "NumberOfFrames", "ImageType", "ComplexImageComponent", "Rows", "Columns", "ImageOrientationPatient",
-    "ImagePositionPatient", "StudyInstanceUID", "StudyDate", "StudyDescription",
-    "ManufacturerModelName", "SoftwareVersions", "DerivationDescription", *_PATIENT_TAGS,
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesDescription",
+    "SeriesNumber",
+    "Modality",
+    "NumberOfFrames",
+    "ImageType",
+    "ComplexImageComponent",
+    "Rows",
+    "Columns",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyDescription",
+    "ManufacturerModelName",
+    "SoftwareVersions",
+    "DerivationDescription",
+    *_PATIENT_TAGS,
 )
+
+
+class DicomBatchError(RuntimeError):
+    """A DICOM batch run cannot start: ``input_dir`` or ``output_dir`` cannot be used as such, or another run holds
+    ``output_dir``; the message names the folder. Nothing was read or written."""
 
 
 @dataclass
@@ -235,10 +262,14 @@ def _printable(text: str) -> str:
     return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", "?", text)
 
 
+def _is_saver(transform: Callable) -> bool:
+    return isinstance(transform, (SaveImage, SaveImaged))
+
+
 def without_savers(postprocessing: Callable) -> Compose:
     """``postprocessing`` without its SaveImage(d) transforms, e.g. the inference config's, for the DICOM run."""
     transforms = postprocessing.transforms if isinstance(postprocessing, Compose) else [postprocessing]
-    return Compose([t for t in transforms if not isinstance(t, (SaveImage, SaveImaged))])
+    return Compose([t for t in transforms if not _is_saver(t)])
 
 
 def _safe_name(text: str) -> str:
@@ -247,18 +278,19 @@ def _safe_name(text: str) -> str:
 
 # ------------------------------------------------------------------------------------------- run guards
 def _lock(folder: Path) -> int:
-    """Hold ``folder/.dicom-synthesis.lock`` (``flock``) for the run; ``SystemExit`` when another run holds it."""
+    """Hold ``folder/.dicom-synthesis.lock`` (``flock``) for the run; :class:`DicomBatchError` when another run
+    holds it, :class:`~custom.transforms.OutputWriteError` when it cannot be created."""
     path = folder / _LOCK
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
-            raise SystemExit(f"output_dir {folder} is not writable ({e.strerror or e})") from None
+            raise OutputWriteError(f"output_dir {folder} is not writable ({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise SystemExit(f"output_dir {folder} is in use by another DICOM synthesis run ({_LOCK})") from None
+            raise DicomBatchError(f"output_dir {folder} is in use by another DICOM synthesis run ({_LOCK})") from None
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
@@ -328,10 +360,12 @@ class DicomBatchSynthesis:
     volume axially after RAS reorientation (the plane the model is trained on) and a single slice or thin slab along
     its own acquisition plane, so the network sees whole acquired slices rather than one-pixel strips.
 
-    After the report is written, ``run`` raises ``SystemExit`` with a one-line summary when any series failed,
-    when no series was eligible (nothing to synthesise: e.g. a CT-only archive for an MR source), or when the run
-    was interrupted (SIGINT or SIGTERM). ``output_dir`` may lie inside ``input_dir`` (it is not searched) but may
-    not be it.
+    After the report is written, ``run`` raises :class:`~custom.engines.SynthesisError` with a one-line summary
+    when any series failed, when no series was eligible (nothing to synthesise: e.g. a CT-only archive for an MR
+    source), or when the run was interrupted (SIGINT or SIGTERM). Folders that cannot be used raise
+    :class:`DicomBatchError` (or :class:`~custom.transforms.OutputWriteError`) before anything is read. The bundle's
+    command line prints these as one line and exits non-zero (:func:`custom.utils.report_errors_briefly`).
+    ``output_dir`` may lie inside ``input_dir`` (it is not searched) but may not be it.
 
     Args:
         input_dir: folder tree to search.
@@ -397,8 +431,7 @@ class DicomBatchSynthesis:
         self.device = torch.device(device)
         self.image_key, self.pred_key = image_key, pred_key
         self._attach_reader(preprocessing)
-        savers = [t for t in getattr(postprocessing, "transforms", []) if isinstance(t, (SaveImage, SaveImaged))]
-        if savers:
+        if any(map(_is_saver, getattr(postprocessing, "transforms", [postprocessing]))):
             raise ValueError(
                 "postprocessing must not save files (the runner writes DICOM); "
                 "pass custom.io.without_savers(postprocessing)."
@@ -412,14 +445,14 @@ class DicomBatchSynthesis:
         loaders = [t for t in getattr(preprocessing, "transforms", []) if isinstance(t, (LoadImaged, LoadImage))]
         if not loaders:
             raise ValueError("preprocessing must be a Compose holding LoadImaged(keys='image').")
-        inner = loaders[0]._loader if isinstance(loaders[0], LoadImaged) else loaders[0]
-        if not any(isinstance(r, DicomSeriesReader) for r in inner.readers):
+        if not any(isinstance(r, DicomSeriesReader) for r in loader_of(loaders[0]).readers):
             loaders[0].register(DicomSeriesReader())
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> list[SeriesRecord]:
-        """Process every series and write the reports; raise ``SystemExit`` (one line) if any series failed, none
-        was eligible or the run was interrupted."""
+        """Process every series and write the reports; raise :class:`~custom.engines.SynthesisError` (a one-line
+        summary) if any series failed, none was eligible or the run was interrupted; :class:`DicomBatchError` or
+        :class:`~custom.transforms.OutputWriteError` before anything is read when the folders cannot be used."""
         self._check_folders()
         lock = _lock(self.output_dir)
         try:
@@ -439,21 +472,23 @@ class DicomBatchSynthesis:
         )
         logger.info(summary)
         if counts[FAILED] or interrupted or nothing_eligible:
-            raise SystemExit(summary)
+            raise SynthesisError(summary)
         return self.records
 
     def _check_folders(self) -> None:
         """One clear line, before anything is read or written, for folders that cannot work."""
         if not self.input_dir.is_dir():
-            raise SystemExit(f"input_dir {self.input_dir} is not a folder")
+            raise DicomBatchError(f"input_dir {self.input_dir} is not a folder")
         if self.output_dir.resolve() == self.input_dir.resolve():
-            raise SystemExit(f"output_dir is input_dir ({self.input_dir}); choose another folder (a subfolder is fine)")
+            raise DicomBatchError(
+                f"output_dir is input_dir ({self.input_dir}); choose another folder (a subfolder is fine)"
+            )
         if self.output_dir.exists() and not self.output_dir.is_dir():
-            raise SystemExit(f"output_dir {self.output_dir} is not a folder")
+            raise DicomBatchError(f"output_dir {self.output_dir} is not a folder")
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise SystemExit(f"output_dir {self.output_dir} cannot be created ({e.strerror or e})") from None
+            raise OutputWriteError(f"output_dir {self.output_dir} cannot be created ({e.strerror or e})") from None
 
     def _run(self) -> bool:
         """Discover, process and report (under the lock); True when interrupted by SIGINT or SIGTERM."""
@@ -511,13 +546,16 @@ class DicomBatchSynthesis:
             record.slices, record.source_folder = s.slices, self._rel(os.path.dirname(s.files[0]))
             first = s.headers[0]
             record.study_instance_uid, record.study_date, record.study_description, record.series_number = (
-                str(first.get(t, "") or "") for t in ("StudyInstanceUID", "StudyDate", "StudyDescription", "SeriesNumber")
+                str(first.get(t, "") or "")
+                for t in ("StudyInstanceUID", "StudyDate", "StudyDescription", "SeriesNumber")
             )
         return record
 
     def _made_here(self, ds: Dataset) -> bool:
         """Whether ``ds`` belongs to a series this software wrote (the writer names itself in these elements)."""
-        marks = " ".join(str(ds.get(t, "")) for t in ("ManufacturerModelName", "SoftwareVersions", "DerivationDescription"))
+        marks = " ".join(
+            str(ds.get(t, "")) for t in ("ManufacturerModelName", "SoftwareVersions", "DerivationDescription")
+        )
         return self.writer.software in marks
 
     def _select(self, s: FoundSeries) -> str | None:
@@ -587,7 +625,9 @@ class DicomBatchSynthesis:
                 for f in tmp.glob("*.nii.gz"):
                     os.replace(f, self.output_dir / "nifti" / f"{name}_{f.name}")
             record.status, record.output_folder = WRITTEN, name
-            if instances.unreadable or unreadable & {os.path.dirname(f) for f in s.files}:  # an edge slice leaves no gap
+            if instances.unreadable or unreadable & {
+                os.path.dirname(f) for f in s.files
+            }:  # an edge slice leaves no gap
                 record.reason = "its folder holds unreadable DICOM files (see the failed rows): slices may be missing"
         except Exception as e:
             record.status = FAILED
@@ -636,8 +676,18 @@ class DicomBatchSynthesis:
         return instances
 
     def _file_row(self, path: str, status: str, reason: str) -> None:
-        self._add(SeriesRecord("", "", "", "", 0, status, f"{self._rel(path)}: {reason}",
-                               source_folder=self._rel(os.path.dirname(path))))
+        self._add(
+            SeriesRecord(
+                "",
+                "",
+                "",
+                "",
+                0,
+                status,
+                f"{self._rel(path)}: {reason}",
+                source_folder=self._rel(os.path.dirname(path)),
+            )
+        )
 
     def _head_problem(self, s: FoundSeries, geom: SeriesGeometry) -> str | None:
         """A whole head with skull in an MR source (the check needs MR contrast: bone is bright in CT)."""

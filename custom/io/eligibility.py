@@ -88,8 +88,10 @@ def _stack_problem(headers: Sequence[Dataset]) -> str | None:
     normal = np.cross(planes[0][:3], planes[0][3:])
     distinct = 1 + int(np.count_nonzero(np.diff(np.sort(position @ normal)) >= _POSITION_ATOL))
     if distinct < len(unique):
-        return (f"{len(unique)} images at {distinct} slice positions (echoes, time points or diffusion directions): "
-                "not one volume")
+        return (
+            f"{len(unique)} images at {distinct} slice positions (echoes, time points or diffusion directions): "
+            "not one volume"
+        )
     return None
 
 
@@ -106,7 +108,10 @@ def series_problem(headers: Sequence[Dataset], min_matrix: int = MIN_MATRIX) -> 
     if reason := _image_type_problem(headers) or _stack_problem(headers):
         return reason
     try:
-        rows, cols = min(int(h.get("Rows", 0) or 0) for h in headers), min(int(h.get("Columns", 0) or 0) for h in headers)
+        rows, cols = (
+            min(int(h.get("Rows", 0) or 0) for h in headers),
+            min(int(h.get("Columns", 0) or 0) for h in headers),
+        )
     except (TypeError, ValueError):
         return None  # the series geometry says what is wrong
     if min(rows, cols) < min_matrix:
@@ -183,6 +188,8 @@ def head_problem(
     blocky head). Arguments as :func:`skull_shell_fraction`."""
     fraction = skull_shell_fraction(volume, spacing, slice_axis)
     if fraction > max_fraction:
-        return (f"a whole head with skull (signal-free shell {fraction:.2f} > {max_fraction:g} under the outline): "
-                "the model takes brain-only (skull-stripped) images; extract the brain first")
+        return (
+            f"a whole head with skull (signal-free shell {fraction:.2f} > {max_fraction:g} under the outline): "
+            "the model takes brain-only (skull-stripped) images; extract the brain first"
+        )
     return None

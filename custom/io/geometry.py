@@ -148,8 +148,10 @@ def frames_of(ds: Dataset, filename: str, label: str | None = None) -> list[Dico
         for i in range(n):
             pf = per_frame_seq[i] if per_frame_seq else None
             where = f"{filename} frame {i + 1}"
-            pos, ori, meas = (_functional(ds, pf, s) for s in ("PlanePositionSequence", "PlaneOrientationSequence",
-                                                               "PixelMeasuresSequence"))
+            pos, ori, meas = (
+                _functional(ds, pf, s)
+                for s in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence")
+            )
             if pos is None or "ImagePositionPatient" not in pos:
                 raise DicomSeriesError(f"{label}: {where}: ImagePositionPatient (Plane Position) is missing")
             if ori is None or "ImageOrientationPatient" not in ori:
@@ -239,9 +241,11 @@ def series_geometry(datasets: Sequence[Dataset], filenames: Sequence[str]) -> Se
             )
 
     row_dir, col_dir = ref.orientation[:3], ref.orientation[3:]
-    if abs(np.linalg.norm(row_dir) - 1) > 1e-2 or abs(np.linalg.norm(col_dir) - 1) > 1e-2 or abs(
-        row_dir @ col_dir
-    ) > 1e-2:
+    if (
+        abs(np.linalg.norm(row_dir) - 1) > 1e-2
+        or abs(np.linalg.norm(col_dir) - 1) > 1e-2
+        or abs(row_dir @ col_dir) > 1e-2
+    ):
         raise DicomSeriesError(f"{label}: {ref.where}: ImageOrientationPatient is not two orthonormal vectors")
     row_dir, col_dir = row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir)
     normal = np.cross(row_dir, col_dir)

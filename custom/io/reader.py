@@ -38,14 +38,43 @@ from pydicom.pixels.utils import get_expected_length
 from .geometry import DicomSeriesError, SeriesGeometry, series_geometry, series_label
 
 __all__ = [
-    "DicomSeriesReader", "DicomSeriesData", "SeriesInstances", "read_dicom_header", "read_instances",
-    "pixel_data_problem", "is_dicomdir", "NO_PREAMBLE_LIMIT", "MAX_TAG_BYTES",
+    "DicomSeriesReader",
+    "DicomSeriesData",
+    "SeriesInstances",
+    "read_dicom_header",
+    "read_instances",
+    "pixel_data_problem",
+    "is_dicomdir",
+    "NO_PREAMBLE_LIMIT",
+    "MAX_TAG_BYTES",
 ]
 
 #: Suffixes that are certainly not DICOM, so that a Compose holding this reader still loads NIfTI etc. as before.
 _NON_DICOM_SUFFIXES = (
-    ".nii", ".nii.gz", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".hdr", ".png", ".jpg",
-    ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".npz", ".h5", ".hdf5", ".json", ".csv", ".txt", ".pt",
+    ".nii",
+    ".nii.gz",
+    ".mgz",
+    ".mgh",
+    ".nrrd",
+    ".nhdr",
+    ".mha",
+    ".mhd",
+    ".img",
+    ".hdr",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".npy",
+    ".npz",
+    ".h5",
+    ".hdf5",
+    ".json",
+    ".csv",
+    ".txt",
+    ".pt",
 )
 
 #: Files without the DICOM preamble are parsed from at most this many leading bytes (headers are far smaller), so

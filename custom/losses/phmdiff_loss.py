@@ -1,17 +1,19 @@
 """PHMDiff losses (arXiv 2507.16579): masked denoising loss, Gaussian-kernel MMD between pyramid levels, and their sum.
 
-The combined :class:`PHMDiffLoss` consumes the dictionary returned by
-:class:`custom.inferers.PHMDiffTrainingInferer`, so MONAI's ``SupervisedTrainer`` can call
-``loss_function(pred_dict, target)``.
+The combined :class:`PHMDiffLoss` consumes the per-level records (:class:`custom.networks.nets.LevelOutput`)
+returned by :class:`custom.inferers.PHMDiffTrainingInferer`, so MONAI's ``SupervisedTrainer`` can call
+``loss_function(level_outputs, target)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
+
+from custom.networks.nets import LevelOutput
 
 __all__ = ["MaskedDenoisingLoss", "GaussianMMDLoss", "PHMDiffLoss"]
 
@@ -25,9 +27,11 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def _check_reduction(reduction: LossReduction | str) -> str:
-    value = LossReduction(reduction).value if reduction in [r.value for r in LossReduction] or isinstance(
-        reduction, LossReduction
-    ) else None
+    value = (
+        LossReduction(reduction).value
+        if reduction in [r.value for r in LossReduction] or isinstance(reduction, LossReduction)
+        else None
+    )
     if value is None:
         raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}.")
     return value
@@ -126,7 +130,9 @@ class GaussianMMDLoss(_Loss):
             target: samples y of shape (M, D), or (G, M, D).
         """
         if input.ndim not in (2, 3) or input.ndim != target.ndim or input.shape[-1] != target.shape[-1]:
-            raise ValueError(f"input and target must be (N, D) and (M, D) or batched, got {input.shape}, {target.shape}.")
+            raise ValueError(
+                f"input and target must be (N, D) and (M, D) or batched, got {input.shape}, {target.shape}."
+            )
         grouped = input.ndim == 3
         x = input if grouped else input[None]  # (G, N, D)
         y = target if grouped else target[None]  # (G, M, D)
@@ -160,8 +166,10 @@ class PHMDiffLoss(_Loss):
     The PHMDiff training objective (arXiv 2507.16579): the masked denoising loss summed over pyramid levels plus
     ``mmd_weight`` (λ) times the Gaussian MMD between the pooled encoder features of each pair of adjacent levels.
 
-    It consumes the dictionary of :class:`custom.inferers.PHMDiffTrainingInferer`: per level ℓ the keys
-    ``pred_ℓ``, ``target_ℓ``, ``mask_ℓ`` and ``features_ℓ``.
+    It consumes the output of :class:`custom.inferers.PHMDiffTrainingInferer`
+    (:meth:`custom.networks.nets.PHMDiffSynthesizer.training_outputs`): a sequence of
+    :class:`custom.networks.nets.LevelOutput`, one per level, finest first (``input[ℓ].level == ℓ``); it reads
+    their ``prediction``, ``regression_target``, ``keep_mask`` and ``features``.
 
     Args:
         mmd_weight: λ, weight of the cross-level MMD (default 0.1); 0 switches it off.
@@ -194,26 +202,48 @@ class PHMDiffLoss(_Loss):
             raise ValueError(f"level_weights must be >= 0, got {level_weights}.")
         self.mmd_weight = mmd_weight
         self.level_weights = None if level_weights is None else tuple(float(w) for w in level_weights)
-        self.denoising = MaskedDenoisingLoss(masked_weight=masked_weight, distance=distance, reduction=LossReduction.NONE)
+        self.denoising = MaskedDenoisingLoss(
+            masked_weight=masked_weight, distance=distance, reduction=LossReduction.NONE
+        )
         self.mmd = GaussianMMDLoss(bandwidths=mmd_bandwidths)
 
-    def forward(self, input: dict[str, torch.Tensor], target: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input: Sequence[LevelOutput], target: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
-            input: the inferer's dictionary (``pred_ℓ``, ``target_ℓ``, ``mask_ℓ``, ``features_ℓ`` for each level).
+            input: the inferer's per-level records, finest first (see above).
             target: the full-resolution target, unused (the per-level targets are in ``input``); accepted so that
                 ``SupervisedTrainer`` can call ``loss_function(pred, label)``.
+
+        Raises:
+            TypeError: ``input`` is not a sequence of :class:`LevelOutput` (e.g. the former dict of ``pred_ℓ`` keys).
+            ValueError: ``input`` is empty, its levels are not 0, 1, ... in order, or ``level_weights`` does not
+                have one entry per level.
         """
-        num_levels = sum(1 for k in input if k.startswith("pred_"))
-        if num_levels == 0:
-            raise ValueError("input must hold 'pred_0', 'target_0', 'mask_0', 'features_0', ... from the inferer.")
-        if self.level_weights is not None and len(self.level_weights) != num_levels:
-            raise ValueError(f"level_weights must have {num_levels} entries, got {len(self.level_weights)}.")
-        loss = torch.zeros((), device=input["pred_0"].device)
-        for level in range(num_levels):
-            w = 1.0 if self.level_weights is None else self.level_weights[level]
-            loss = loss + w * self.denoising(input[f"pred_{level}"], input[f"target_{level}"], input[f"mask_{level}"])
-        if self.mmd_weight > 0 and num_levels > 1:
-            for level in range(num_levels - 1):
-                loss = loss + self.mmd_weight * self.mmd(input[f"features_{level}"], input[f"features_{level + 1}"])
+        levels = _check_levels(input)
+        if self.level_weights is not None and len(self.level_weights) != len(levels):
+            raise ValueError(f"level_weights must have {len(levels)} entries, got {len(self.level_weights)}.")
+        loss = torch.zeros((), device=levels[0].prediction.device)
+        for out in levels:
+            w = 1.0 if self.level_weights is None else self.level_weights[out.level]
+            loss = loss + w * self.denoising(out.prediction, out.regression_target, out.keep_mask)
+        if self.mmd_weight > 0:
+            for finer, coarser in zip(levels[:-1], levels[1:]):
+                loss = loss + self.mmd_weight * self.mmd(finer.features, coarser.features)
         return _reduce(loss, self.reduction)
+
+
+def _check_levels(input: object) -> Sequence[LevelOutput]:
+    """``input`` itself if it is a non-empty sequence of :class:`LevelOutput` for levels 0, 1, ... in order."""
+    expected = "a sequence of LevelOutput, one per level, finest first (PHMDiffTrainingInferer's output)"
+    if isinstance(input, LevelOutput):
+        raise TypeError(f"input must be {expected}, got a single LevelOutput (wrap it in a list).")
+    if isinstance(input, (Mapping, str, bytes)) or not isinstance(input, Sequence):
+        raise TypeError(f"input must be {expected}, got {type(input).__name__}.")
+    if len(input) == 0:
+        raise ValueError(f"input must be {expected}, got an empty sequence.")
+    for index, item in enumerate(input):
+        if not isinstance(item, LevelOutput):
+            raise TypeError(f"input must be {expected}, got {type(item).__name__} at index {index}.")
+        if item.level != index:
+            raise ValueError(f"input must be {expected}: index {index} holds level {item.level}.")
+    return input

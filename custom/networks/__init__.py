@@ -1,5 +1,19 @@
 from __future__ import annotations
 
-from .nets import PHMDIFF_PRESETS, PHMDiffDenoiser, PHMDiffSynthesizer
+from .nets import (
+    PHMDIFF_PRESETS,
+    ExponentialMovingAverage,
+    LevelOutput,
+    PHMDiffDenoiser,
+    PHMDiffSynthesizer,
+    ema_avg_fn,
+)
 
-__all__ = ["PHMDIFF_PRESETS", "PHMDiffDenoiser", "PHMDiffSynthesizer"]
+__all__ = [
+    "ExponentialMovingAverage",
+    "LevelOutput",
+    "PHMDIFF_PRESETS",
+    "PHMDiffDenoiser",
+    "PHMDiffSynthesizer",
+    "ema_avg_fn",
+]

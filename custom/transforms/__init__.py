@@ -6,7 +6,7 @@ batch runner imports this package.
 
 from __future__ import annotations
 
-import importlib
+from custom.utils.lazy import lazy_exports
 
 from .intensity import (
     MODALITIES,
@@ -32,16 +32,32 @@ from .io import (
 _LAZY = {"eligibility": ("MAX_NEGATIVE_FRACTION", "CheckEligible", "CheckEligibled", "thin_axis")}
 
 __all__ = [
-    "MODALITIES", "BackgroundFromSourced", "ModalityDenormalize", "ModalityDenormalized", "ModalityNormalize", "ModalityNormalized",
-    "check_modality", "ForegroundSlicesd", "RandForegroundSlicesd", "ResampleToSpacingd", "foreground_slice_fractions",
-    "CheckImage", "CheckImaged", "CheckPaird", "ImageCheckError", "IneligibleImageError", "describe_source",
-    "ImageReadError", "OutputExistsError", "OutputWriteError", "SafeLoadImage", "SafeLoadImaged", "SafeSaveImage",
-    "SafeSaveImaged", *_LAZY["eligibility"],
-]  # fmt: skip
+    "MODALITIES",
+    "BackgroundFromSourced",
+    "ModalityDenormalize",
+    "ModalityDenormalized",
+    "ModalityNormalize",
+    "ModalityNormalized",
+    "check_modality",
+    "ForegroundSlicesd",
+    "RandForegroundSlicesd",
+    "ResampleToSpacingd",
+    "foreground_slice_fractions",
+    "CheckImage",
+    "CheckImaged",
+    "CheckPaird",
+    "ImageCheckError",
+    "IneligibleImageError",
+    "describe_source",
+    "ImageReadError",
+    "OutputExistsError",
+    "OutputWriteError",
+    "SafeLoadImage",
+    "SafeLoadImaged",
+    "SafeSaveImage",
+    "SafeSaveImaged",
+    *_LAZY["eligibility"],
+]
 
 
-def __getattr__(name: str):
-    for module, names in _LAZY.items():
-        if name in names:
-            return getattr(importlib.import_module(f".{module}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

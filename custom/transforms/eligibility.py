@@ -65,7 +65,10 @@ class CheckEligible(Transform):
         max_skull_fraction: float | None = MAX_SKULL_FRACTION,
     ) -> None:
         self.modality = check_modality(modality)
-        for name, value in (("max_negative_fraction", max_negative_fraction), ("max_skull_fraction", max_skull_fraction)):
+        for name, value in (
+            ("max_negative_fraction", max_negative_fraction),
+            ("max_skull_fraction", max_skull_fraction),
+        ):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value} must be a fraction in [0, 1], or None to skip the check.")
         self.max_negative_fraction, self.max_skull_fraction = max_negative_fraction, max_skull_fraction
@@ -84,9 +87,11 @@ class CheckEligible(Transform):
         fraction = float((values < limit).float().mean())
         if fraction <= self.max_negative_fraction:
             return None
-        return (f"{fraction:.0%} of its voxels are negative (down to {float(values.min()):g}), but MR magnitude images "
-                "have no negative values: a CT in HU, a phase image or an intensity-normalised image? The model "
-                "takes MR of the source contrast")  # fmt: skip
+        return (
+            f"{fraction:.0%} of its voxels are negative (down to {float(values.min()):g}), but MR magnitude images "
+            "have no negative values: a CT in HU, a phase image or an intensity-normalised image? The model "
+            "takes MR of the source contrast"
+        )
 
     def _head_problem(self, img: torch.Tensor) -> str | None:
         if self.max_skull_fraction is None:

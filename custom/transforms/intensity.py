@@ -172,8 +172,15 @@ class BackgroundFromSourced(MapTransform):
         background: value written outside (network units).
     """
 
-    def __init__(self, keys: KeysCollection, source_key: str = "image", threshold: float = -0.8, margin: int = 3,
-                 background: float = NETWORK_RANGE[0], allow_missing_keys: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        keys: KeysCollection,
+        source_key: str = "image",
+        threshold: float = -0.8,
+        margin: int = 3,
+        background: float = NETWORK_RANGE[0],
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}.")
@@ -187,7 +194,9 @@ class BackgroundFromSourced(MapTransform):
             signal = ndi.binary_dilation(signal, iterations=self.margin)
         for key in self.key_iterator(d):
             if d[key].shape[1:] != signal.shape:
-                raise ValueError(f"'{key}' {tuple(d[key].shape)} and '{self.source_key}' {source.shape} differ in size.")
+                raise ValueError(
+                    f"'{key}' {tuple(d[key].shape)} and '{self.source_key}' {source.shape} differ in size."
+                )
             outside = torch.as_tensor(~signal, device=d[key].device)[None]  # (1, *spatial)
             d[key] = d[key].masked_fill(outside, self.background)
         return d

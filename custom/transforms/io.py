@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nibabel as nib
 import torch
+from monai import __version__ as monai_version
 from monai.config import KeysCollection
 import numpy as np
 from monai.data import MetaTensor, NibabelWriter
@@ -29,8 +30,16 @@ __all__ = [
     "check_nifti_size",
     "SafeLoadImage",
     "SafeLoadImaged",
-    "NibabelHeaderWriter", "OutputExistsError", "OutputWriteError", "SafeSaveImage", "SafeSaveImaged", "PARTIAL_MARKER",
-    "remove_stale_partials", "write_text_atomic", "MAX_VOXELS"]
+    "NibabelHeaderWriter",
+    "OutputExistsError",
+    "OutputWriteError",
+    "SafeSaveImage",
+    "SafeSaveImaged",
+    "PARTIAL_MARKER",
+    "remove_stale_partials",
+    "write_text_atomic",
+    "MAX_VOXELS",
+]
 
 PARTIAL_MARKER = ".partial-"  # temporary files are hidden, ``.{name}.partial-{pid}{ext}``, in the output folder
 MAX_VOXELS = 2**29  # 2 GiB as float32 (812^3 voxels): above any clinical volume, below what exhausts a machine
@@ -111,10 +120,75 @@ class SafeLoadImaged(LoadImaged):
         keys, args, kwargs: as :class:`~monai.transforms.LoadImaged`.
     """
 
-    def __init__(self, keys: KeysCollection, *args, max_voxels: int = MAX_VOXELS, **kwargs) -> None:
-        super().__init__(keys, *args, **kwargs)
-        self._loader.__class__ = SafeLoadImage  # the loader MONAI configured, with SafeLoadImage's errors
-        self._loader.max_voxels = max_voxels
+    def __init__(
+        self,
+        keys: KeysCollection,
+        reader=None,
+        dtype=np.float32,
+        meta_keys: KeysCollection | None = None,
+        meta_key_postfix: str = "meta_dict",
+        overwriting: bool = False,
+        image_only: bool = True,
+        ensure_channel_first: bool = False,
+        simple_keys: bool = False,
+        prune_meta_pattern: str | None = None,
+        prune_meta_sep: str = ".",
+        allow_missing_keys: bool = False,
+        expanduser: bool = True,
+        *args,
+        max_voxels: int = MAX_VOXELS,
+        **kwargs,
+    ) -> None:
+        loading = (
+            reader,
+            image_only,
+            dtype,
+            ensure_channel_first,
+            simple_keys,
+            prune_meta_pattern,
+            prune_meta_sep,
+            expanduser,
+        )
+        super().__init__(
+            keys,
+            reader,
+            dtype,
+            meta_keys,
+            meta_key_postfix,
+            overwriting,
+            image_only,
+            ensure_channel_first,
+            simple_keys,
+            prune_meta_pattern,
+            prune_meta_sep,
+            allow_missing_keys,
+            expanduser,
+            *args,
+            **kwargs,
+        )
+        # the loader LoadImaged builds, with SafeLoadImage's errors: built by its public constructor, same arguments
+        use_loader(self, SafeLoadImage(*loading, *args, max_voxels=max_voxels, **kwargs))
+
+
+def use_loader(transform: LoadImaged, loader: LoadImage) -> None:
+    """Make ``transform`` load through ``loader``. MONAI (1.6.1) has no public way to give ``LoadImaged`` its
+    ``LoadImage``: it builds one in ``__init__`` and calls ``self._loader`` in ``__call__`` and ``register``. This and
+    :func:`loader_of` are the only places that rely on that; they fail loudly if MONAI changes it
+    (tests/test_reliability_inputs.py)."""
+    loader_of(transform)
+    transform._loader = loader
+
+
+def loader_of(transform: LoadImage | LoadImaged) -> LoadImage:
+    """The ``LoadImage`` that ``transform`` loads through (``transform`` itself for a ``LoadImage``)."""
+    if isinstance(transform, LoadImage):
+        return transform
+    if not isinstance(getattr(transform, "_loader", None), LoadImage):
+        raise RuntimeError(
+            f"monai {monai_version}: LoadImaged no longer keeps its LoadImage in '_loader'; "
+            "custom.transforms.io.use_loader and loader_of must be adapted to this MONAI version."
+        )
+    return transform._loader
 
 
 class NibabelHeaderWriter(NibabelWriter):
@@ -288,9 +362,22 @@ class SafeSaveImage(SaveImage):
                 errors.append(f"{getattr(writer_cls, '__name__', writer_cls)}: {err}")
             else:
                 self.writer_obj = writer
-                self._data_index += 1
+                count_written(self)
                 return
         raise RuntimeError(f"no writer could write '{self.output_ext}' ({'; '.join(errors)})")
+
+
+def count_written(saver: SaveImage) -> None:
+    """Count one more image written by ``saver``, as ``SaveImage.__call__`` does after a write. MONAI (1.6.1) keeps
+    the count in ``_data_index``, with no public API: its ``default_name_formatter`` names an image without a file
+    name by it (``0``, ``1``, ...). This is the only place that relies on that; it fails loudly if MONAI changes it
+    (tests/test_reliability_inputs.py)."""
+    if not isinstance(getattr(saver, "_data_index", None), int):
+        raise RuntimeError(
+            f"monai {monai_version}: SaveImage no longer counts written images in '_data_index'; "
+            "custom.transforms.io.count_written must be adapted to this MONAI version."
+        )
+    saver._data_index += 1
 
 
 class SafeSaveImaged(SaveImaged):

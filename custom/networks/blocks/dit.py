@@ -100,7 +100,14 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         mods = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (B, D)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[0], mods[1], mods[2], mods[3], mods[4], mods[5]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            mods[0],
+            mods[1],
+            mods[2],
+            mods[3],
+            mods[4],
+            mods[5],
+        )
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (B, N, D)
         return x
@@ -134,7 +141,10 @@ class FinalLayer(nn.Module):
 
 
 def sincos_position_embedding(
-    grid_size: list[int], embed_dim: int, device: torch.device, dtype: torch.dtype = torch.float32,
+    grid_size: list[int],
+    embed_dim: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
     temperature: float = 10000.0,
 ) -> torch.Tensor:
     """

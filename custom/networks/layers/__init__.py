@@ -3,4 +3,13 @@ from __future__ import annotations
 from .diffusion import PREDICTION_TYPES, convert_prediction, counter_normal
 from .pyramid import ImagePyramid, PyramidDownsample, PyramidUpsample, crop_to_size, pad_to_multiple
 
-__all__ = ["PREDICTION_TYPES", "convert_prediction", "counter_normal", "ImagePyramid", "PyramidDownsample", "PyramidUpsample", "crop_to_size", "pad_to_multiple"]
+__all__ = [
+    "PREDICTION_TYPES",
+    "convert_prediction",
+    "counter_normal",
+    "ImagePyramid",
+    "PyramidDownsample",
+    "PyramidUpsample",
+    "crop_to_size",
+    "pad_to_multiple",
+]

@@ -14,7 +14,6 @@ __all__ = ["PREDICTION_TYPES", "convert_prediction", "counter_normal"]
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
-
 def convert_prediction(
     output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, source: str, target: str
 ) -> torch.Tensor:

@@ -1,13 +1,14 @@
 """PHMDiff: Pyramid Hierarchical Masked Diffusion for cross-modality image synthesis (arXiv 2507.16579).
 
-Sections: the denoiser (a masked diffusion transformer shared by all pyramid levels), size presets, and the
-synthesiser (the bundle's network: coarse-to-fine DDIM sampling around the denoiser).
+Sections: the denoiser (a masked diffusion transformer shared by all pyramid levels), size presets, the per-level
+training record, and the synthesiser (the bundle's network: coarse-to-fine DDIM sampling around the denoiser, and
+the noised, masked training pass over the same pyramid).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,15 @@ from custom.networks.blocks.masking import num_kept_tokens, random_masking, rest
 from custom.networks.layers.diffusion import PREDICTION_TYPES, convert_prediction, counter_normal
 from custom.networks.layers.pyramid import ImagePyramid, PyramidUpsample, crop_to_size, pad_to_multiple
 
-__all__ = ["PHMDiffDenoiser", "PHMDiffSynthesizer", "PHMDIFF_PRESETS", "phmdiff_t", "phmdiff_s", "phmdiff_b"]
+__all__ = [
+    "LevelOutput",
+    "PHMDiffDenoiser",
+    "PHMDiffSynthesizer",
+    "PHMDIFF_PRESETS",
+    "phmdiff_t",
+    "phmdiff_s",
+    "phmdiff_b",
+]
 
 
 #################################################################################
@@ -149,15 +158,21 @@ class PHMDiffDenoiser(nn.Module):
         self.stem = nn.ModuleList([conv(embed_channels, channels[0], kernel_size=3, padding=1)] if channels else [])
         self.encoder = nn.ModuleList(
             [
-                DiffusionUNetResnetBlock(spatial_dims, channels[max(i - 1, 0)], hidden_size, c, down=i > 0,
-                                         norm_num_groups=norm_num_groups)
+                DiffusionUNetResnetBlock(
+                    spatial_dims, channels[max(i - 1, 0)], hidden_size, c, down=i > 0, norm_num_groups=norm_num_groups
+                )
                 for i, c in enumerate(channels)
             ]
         )
         self.decoder = nn.ModuleList(
             [
-                DiffusionUNetResnetBlock(spatial_dims, c + (channels[i + 1] if i + 1 < len(channels) else c), hidden_size,
-                                         c, norm_num_groups=norm_num_groups)
+                DiffusionUNetResnetBlock(
+                    spatial_dims,
+                    c + (channels[i + 1] if i + 1 < len(channels) else c),
+                    hidden_size,
+                    c,
+                    norm_num_groups=norm_num_groups,
+                )
                 for i, c in reversed(list(enumerate(channels)))
             ]
         )
@@ -168,7 +183,9 @@ class PHMDiffDenoiser(nn.Module):
         )
 
         patch_in = channels[-1] if channels else embed_channels
-        self.patch_embeds = nn.ModuleList([conv(patch_in, hidden_size, kernel_size=p, stride=p) for p in self.patch_sizes])
+        self.patch_embeds = nn.ModuleList(
+            [conv(patch_in, hidden_size, kernel_size=p, stride=p) for p in self.patch_sizes]
+        )
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.decoder_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(decoder_depth)])
@@ -331,7 +348,9 @@ def _preset(defaults: Dict[str, object], kwargs: dict) -> PHMDiffDenoiser:
 
 def phmdiff_t(**kwargs) -> PHMDiffDenoiser:
     """Tiny (tests, smoke runs): D=48, 2 encoder blocks, 2 heads, 1 decoder block, hourglass (8, 16)."""
-    return _preset({"hidden_size": 48, "depth": 2, "num_heads": 2, "decoder_depth": 1, "conv_channels": (8, 16)}, kwargs)
+    return _preset(
+        {"hidden_size": 48, "depth": 2, "num_heads": 2, "decoder_depth": 1, "conv_channels": (8, 16)}, kwargs
+    )
 
 
 def phmdiff_s(**kwargs) -> PHMDiffDenoiser:
@@ -343,11 +362,46 @@ def phmdiff_s(**kwargs) -> PHMDiffDenoiser:
 
 def phmdiff_b(**kwargs) -> PHMDiffDenoiser:
     """Base (GPU): D=384, 12 encoder blocks, 6 heads, 2 decoder blocks, hourglass (64, 128)."""
-    return _preset({"hidden_size": 384, "depth": 12, "num_heads": 6, "decoder_depth": 2, "conv_channels": (64, 128)},
-                   kwargs)
+    return _preset(
+        {"hidden_size": 384, "depth": 12, "num_heads": 6, "decoder_depth": 2, "conv_channels": (64, 128)}, kwargs
+    )
 
 
 PHMDIFF_PRESETS: Dict[str, Callable[..., PHMDiffDenoiser]] = {"T": phmdiff_t, "S": phmdiff_s, "B": phmdiff_b}
+
+
+#################################################################################
+#                          The per-level training record                        #
+#################################################################################
+
+PRIOR_SOURCES = ("model", "target")  # where the finer levels' training priors come from
+
+
+class LevelOutput(NamedTuple):
+    """
+    What one pyramid level of a training pass (:meth:`PHMDiffSynthesizer.training_outputs`) gives the loss
+    (:class:`custom.losses.PHMDiffLoss`). Spatial sizes S_ℓ = ceil(S / 2**ℓ) are the level's extent of the unpadded
+    input; B is the batch size.
+
+    A ``NamedTuple`` rather than a dataclass so that generic batch tools keep working on a trainer output that holds
+    it: MONAI's ``decollate_batch`` (``SupervisedTrainer(decollate=True)``, its default) and torch's pytree utilities
+    handle tuples but raise on, or pass over, other objects. It is immutable; read the fields by name.
+
+    Attributes:
+        level: the pyramid level ℓ, 0 = finest.
+        prediction: the denoiser output (B, C_out, *S_ℓ), in the network's ``prediction_type``.
+        regression_target: what ``prediction`` regresses to (B, C_out, *S_ℓ): ε, x₀ or v of the sampled noise.
+        keep_mask: (B, 1, *S_ℓ), 1 on pixels of kept (visible) tokens and 0 on dropped ones.
+        features: the encoder output averaged over the kept tokens (B, hidden_size), for the cross-level MMD.
+        timesteps: the sampled diffusion timesteps (B,), integers in [0, ``num_train_timesteps``).
+    """
+
+    level: int
+    prediction: torch.Tensor
+    regression_target: torch.Tensor
+    keep_mask: torch.Tensor
+    features: torch.Tensor
+    timesteps: torch.Tensor
 
 
 #################################################################################
@@ -367,6 +421,15 @@ class PHMDiffSynthesizer(nn.Module):
     The trainable part is ``self.denoiser`` (:class:`PHMDiffDenoiser`); the sampling constants are non-persistent
     buffers (they follow ``.to(device)`` but are not in the ``state_dict``), so the ``state_dict`` is the single
     checkpoint format for training, inference, export and MONAI Label, whatever ``num_inference_steps``.
+
+    Public interface: ``forward`` (sampling); :meth:`training_outputs` (one training pass, a list of
+    :class:`LevelOutput`, what :class:`custom.inferers.PHMDiffTrainingInferer` calls);
+    :meth:`check_training_options`; :meth:`set_num_inference_steps`; the attribute ``denoiser`` (public: benchmarks
+    and tests time or inspect it alone, e.g. ``denoiser.token_stride(0)``); and the read-only settings
+    ``spatial_dims``, ``out_channels``, ``num_levels``, ``prediction_type``, ``num_train_timesteps``,
+    ``num_inference_steps``, ``seed``, ``eta``, ``clip_sample``, ``prior_noise_std``. The pyramid (``pyramid``,
+    ``upsample``) and the schedule buffers (``alphas_cumprod``, ``timesteps``, ``alpha_bar_t``, ``alpha_bar_prev``)
+    are implementation details of these methods.
 
     Sampling noise is a pure function of ``(seed, level, step, voxel position)`` (:func:`counter_normal`): the same
     seed gives the bit-identical image whatever torch's global RNG state, a slice gets the same noise whatever batch
@@ -494,7 +557,9 @@ class PHMDiffSynthesizer(nn.Module):
         t = T/n − 1, not to t = 0, so no step is spent where x_t is already the clean image. One step is the
         one-step x₀ estimate at t = T − 1."""
         if not 1 <= num_inference_steps <= self.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}.")
+            raise ValueError(
+                f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}."
+            )
         offset = self.num_train_timesteps // num_inference_steps - 1
         scheduler = DDIMScheduler(**self.scheduler_args, steps_offset=offset)
         scheduler.set_timesteps(num_inference_steps)
@@ -513,9 +578,7 @@ class PHMDiffSynthesizer(nn.Module):
         shape = [1, self.out_channels] + list(source.shape[2:])  # noise per position, shared across the batch
         steps = self.timesteps.shape[0]
         stream = level * (steps + 1)
-        x = counter_normal(shape, self.seed, stream, source.device, source.dtype).expand(
-            [b] + shape[1:]
-        )  # (B, C, *S)
+        x = counter_normal(shape, self.seed, stream, source.device, source.dtype).expand([b] + shape[1:])  # (B, C, *S)
         x0 = x
         for i in range(steps):
             t = self.timesteps[i].expand(b)  # (B,)
@@ -532,6 +595,99 @@ class PHMDiffSynthesizer(nn.Module):
                 x = x + sigma * counter_normal(shape, self.seed, stream + 1 + i, source.device, source.dtype)
         return x0
 
+    @staticmethod
+    def check_training_options(mask_ratio: Sequence[float] | float, prior_noise_std: float, prior_source: str) -> None:
+        """Raise ``ValueError`` for options :meth:`training_outputs` does not take (callers may check them early, as
+        the training inferer does at construction)."""
+        if prior_source not in PRIOR_SOURCES:
+            raise ValueError(f"prior_source must be 'model' or 'target', got {prior_source!r}.")
+        ratios = mask_ratio if isinstance(mask_ratio, Sequence) else [mask_ratio]
+        if len(ratios) == 0 or any(not 0.0 <= float(r) < 1.0 for r in ratios):
+            raise ValueError(f"mask_ratio must be in [0, 1) (one value or one per level), got {mask_ratio}.")
+        if prior_noise_std < 0:
+            raise ValueError(f"prior_noise_std must be >= 0, got {prior_noise_std}.")
+
+    def training_outputs(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        mask_ratio: Sequence[float] | float = 0.5,
+        prior_noise_std: float = 0.1,
+        prior_source: str = "model",
+    ) -> List[LevelOutput]:
+        """
+        One training pass of PHMDiff (arXiv 2507.16579): one noised, masked denoising pass per pyramid level, with
+        gradients. It builds the pyramids of source and target and goes from the coarsest level to the finest. At
+        every level ℓ it samples a timestep and noise, forms x_t = √ᾱ x₀ + √(1−ᾱ) ε, builds the prior (zeros at the
+        coarsest level; else the up-sampled clean estimate of level ℓ+1, plus Gaussian noise of a per-sample std
+        drawn from [0, ``prior_noise_std``] — conditioning augmentation as in cascaded diffusion, Ho et al.,
+        arXiv 2106.15282) and runs the denoiser on ``concat[x_t, source, prior]`` with mask ratio r.
+
+        The clean estimate of level ℓ+1 is, with ``prior_source="model"``, the network's own x₀ estimate of that
+        level in this very pass (detached, clipped to [-1, 1] when ``clip_sample``): an estimate made by the model,
+        as sampling gives the finer level, whose quality varies with the coarser level's random t from a regression
+        guess to nearly the truth. With ``"target"`` it is the down-sampled ground truth, which the model never gets
+        at inference; measured on the demo data, the finest level then learns to copy a prior it is never given and
+        the output stays at the coarse level's blur.
+
+        Timesteps, noise and masks come from torch's global RNG (``monai.utils.set_determinism`` makes runs
+        repeatable), drawn per level, coarsest first: the prior's std and noise (finer levels only), the timesteps,
+        the noise of x_t, then the denoiser's token mask.
+
+        Args:
+            source: source images (B, in_channels, *spatial), intensities in about [-1, 1].
+            target: target images (B, out_channels, *spatial), intensities in [-1, 1].
+            mask_ratio: fraction of tokens dropped before the encoder, one value or one per level (finest first);
+                paper: "random, high-proportion masks"; MaskDiT: 0.5. Use 0 for the final unmasking phase.
+            prior_noise_std: upper end of the conditioning-augmentation noise std (intensities in [-1, 1]).
+            prior_source: "model" or "target": where the finer levels' priors come from (see above).
+
+        Returns:
+            one :class:`LevelOutput` per level, finest first (``outputs[ℓ].level == ℓ``, the order of
+            ``mask_ratio`` and of the loss's ``level_weights``), cropped to the level's extent of the input.
+
+        Example::
+
+            >>> outputs = synth.training_outputs(source, target, mask_ratio=0.5)  # finest first
+            >>> loss = PHMDiffLoss()(outputs, target)
+        """
+        self.check_training_options(mask_ratio, prior_noise_std, prior_source)
+        ratios = ensure_tuple_rep(mask_ratio, self.num_levels)
+        if source.shape[2:] != target.shape[2:] or source.shape[0] != target.shape[0]:
+            raise ValueError(
+                f"source and target must share batch and spatial size, got {source.shape}, {target.shape}."
+            )
+        sources = self.pyramid(source)  # L x (B, Cin, *S_l)
+        targets = self.pyramid(target)  # L x (B, Cout, *S_l)
+        b = source.shape[0]
+        alphas = self.alphas_cumprod.to(device=target.device, dtype=target.dtype)
+        view = [b] + [1] * (target.ndim - 1)
+        outputs: List[LevelOutput] = []  # coarsest first while the pass runs
+        estimate = torch.zeros(0)  # the coarser level's clean estimate, set by each level for the next
+        for level in range(self.num_levels - 1, -1, -1):
+            x0 = targets[level]  # (B, C, *S_l)
+            if level < self.num_levels - 1:
+                coarser = targets[level + 1] if prior_source == "target" else estimate
+                prior = self.upsample(coarser, list(x0.shape[2:]))  # (B, C, *S_l)
+                std = torch.rand(view, device=x0.device, dtype=x0.dtype) * prior_noise_std  # (B, 1, ...)
+                prior = prior + std * torch.randn_like(prior)
+            else:
+                prior = torch.zeros_like(x0)
+            t = torch.randint(0, self.num_train_timesteps, (b,), device=x0.device)  # (B,)
+            noise = torch.randn_like(x0)
+            a_t = alphas[t].reshape(view)  # (B, 1, ...)
+            x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise  # (B, C, *S_l)
+            pred, mask, features = self.denoiser(
+                torch.cat([x_t, sources[level], prior], dim=1), t, level, float(ratios[level])
+            )
+            # the model's own clean estimate, detached: the next level's prior, made as sampling makes it
+            estimate = convert_prediction(pred.detach(), x_t, a_t, self.prediction_type, "sample")
+            if self.clip_sample:  # as the sampler clips its x0 estimates
+                estimate = estimate.clamp(-1.0, 1.0)
+            regression_target = convert_prediction(noise, x_t, a_t, "epsilon", self.prediction_type)
+            outputs.append(LevelOutput(level, pred, regression_target, mask, features, t))
+        return outputs[::-1]
+
     def forward(self, source: torch.Tensor) -> torch.Tensor:
         """
         Args:
@@ -545,7 +701,9 @@ class PHMDiffSynthesizer(nn.Module):
             sources = self.pyramid(source)  # L x (B, Cin, *S_l), S_l = ceil(S / 2^l)
             coarsest = sources[self.num_levels - 1]
             b = source.shape[0]
-            prior = torch.zeros([b, self.out_channels] + list(coarsest.shape[2:]), dtype=source.dtype, device=source.device)
+            prior = torch.zeros(
+                [b, self.out_channels] + list(coarsest.shape[2:]), dtype=source.dtype, device=source.device
+            )
             estimate = prior
             for level in range(self.num_levels - 1, -1, -1):
                 src = sources[level]

@@ -1,21 +1,27 @@
 """Figures for the bundle's docs: training curves from TensorBoard logs, a grid of synthesised test slices and the
-three orthogonal planes of one synthesised volume.
+three orthogonal planes of one synthesised volume. A dev tool (needs matplotlib, from requirements-dev.txt), not
+part of the bundle.
 
 Command line::
 
-    python -m custom.visualize.figures curves --tensorboard_dir DIR --output curves.png
-    python -m custom.visualize.figures grid --dataset_dir DATA --synth_dir OUT --output grid.png
-    python -m custom.visualize.figures planes --dataset_dir DATA --synth_dir OUT --output planes.png
+    python benchmarks/figures.py curves --tensorboard_dir DIR --output curves.png
+    python benchmarks/figures.py grid --dataset_dir DATA --synth_dir OUT --output grid.png
+    python benchmarks/figures.py planes --dataset_dir DATA --synth_dir OUT --output planes.png
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from custom.data.simulation import robust_normalise
 
 __all__ = ["plot_training_curves", "save_synthesis_grid", "save_orthogonal_planes"]
 
@@ -70,8 +76,8 @@ def plot_training_curves(tensorboard_dir: str, output: str) -> str:
 
 
 def _display(volume: np.ndarray) -> np.ndarray:
-    low, high = np.percentile(volume, (0.5, 99.5))
-    return np.clip((volume - low) / max(high - low, 1e-6), 0, 1)
+    """The volume's 0.5/99.5 percentiles mapped to 0/1 (clipped), as the bundle normalises its inputs."""
+    return (robust_normalise(volume) + 1.0) / 2.0
 
 
 def save_synthesis_grid(
@@ -151,8 +157,11 @@ def save_orthogonal_planes(
     volumes = _subject_volumes(dataset_dir, synth_dir, entry, postfix)
     x, y, z = _lesion_centre(dataset_dir, entry, volumes[0].shape)
     zooms = nib.load(Path(dataset_dir) / entry["image"]).header.get_zooms()[:3]
-    planes = (("axial", lambda v: v[:, :, z], zooms[1] / zooms[0]), ("coronal", lambda v: v[:, y, :], zooms[2] / zooms[0]),
-              ("sagittal", lambda v: v[x, :, :], zooms[2] / zooms[1]))  # fmt: skip
+    planes = (
+        ("axial", lambda v: v[:, :, z], zooms[1] / zooms[0]),
+        ("coronal", lambda v: v[:, y, :], zooms[2] / zooms[0]),
+        ("sagittal", lambda v: v[x, :, :], zooms[2] / zooms[1]),
+    )
     plt = _pyplot()
     fig, axes = plt.subplots(3, 3, figsize=(8, 8), squeeze=False)
     for row, volume, name in zip(axes, volumes, ("source", "synthesis", "target")):
