@@ -13,8 +13,8 @@ Protocol
     bundle's learning_rate with its warm-up/cosine schedule laid over the wall-clock budget instead of an epoch
     count, the baselines (UNet-L1, DDPM UNet) at their own constant rate (a warm-up/cosine schedule left the
     UNet's background unlearnt after 300 s: whole-image PSNR 15.5 instead of 21.5 dB); no EMA (at decay 0.999 a
-    short run's EMA is still the initialisation); the clock counts data loading + optimiser steps and stops at the first step that
-    reaches the budget; evaluations for the learning curve pause it;
+    short run's EMA is still the initialisation); the clock counts data loading + optimiser steps and stops at the
+    first step that reaches the budget; evaluations for the learning curve pause it;
   * test: the demo test split (generate_demo_dataset, seed 0), intensities normalised as the bundle does
     (ModalityNormalized: 0.5/99.5 percentiles -> [-1, 1]); axial slices (slice_axis 2); metrics in that
     normalised space with data range 2 (as the bundle's validation): PSNR, SSIM (2-D, Gaussian 11/1.5, per

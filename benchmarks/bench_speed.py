@@ -5,8 +5,8 @@ Usage (normally through run.py)::
     python benchmarks/bench_speed.py PART [--quick] --out FILE.json
 
 PART is one of ``train`` (step times, FLOPs, GEMM peak, profile), ``sample`` (per-slice sampling vs DDPM),
-``volume_bundle`` (a 197x233x189 1 mm volume through inference.json: 2 mm resampling, synthesis, inversion,
-writing), ``volume_native`` (the same volume slice-wise at 1 mm, timed on a subset of slice batches and
+``volume_bundle`` (a 197x233x189 1 mm volume through inference.json: resampling to ``spacing``, synthesis,
+inversion, writing), ``volume_native`` (the same volume slice-wise at 1 mm, timed on a subset of slice batches and
 extrapolated), ``rss_train`` (peak RSS of the bundle's training step).
 """
 
@@ -275,7 +275,7 @@ class _ForwardClock:
 
 
 def part_volume_bundle(quick: bool, shipped: str | None) -> dict:
-    """One MNI-sized 1 mm volume through inference.json unchanged except paths: resample to ``spacing`` (2 mm),
+    """One MNI-sized 1 mm volume through inference.json unchanged except paths: resample to ``spacing`` (2 mm in-plane),
     slice-wise synthesis in batches of ``slice_batch_size``, inversion back to 1 mm, NIfTI writing."""
     tmp = Path(tempfile.mkdtemp(prefix="phmdiff_bench_vol_"))
     volume = _write_mni_volume(tmp / "mni_t1w.nii.gz")
@@ -297,7 +297,8 @@ def part_volume_bundle(quick: bool, shipped: str | None) -> dict:
 
     shape_out = list(nib.load(written[0]).shape) if written else None
     return {
-        "what": "inference.json pipeline: load 1 mm -> resample to spacing -> slice-wise synthesis -> invert to 1 mm -> write",
+        "what": "inference.json pipeline: load 1 mm -> resample to spacing -> slice-wise synthesis -> invert to 1 mm"
+        " -> write",
         "input_shape": list(MNI_SHAPE),
         "output_shape": shape_out,
         "spacing_mm": parser["spacing"],

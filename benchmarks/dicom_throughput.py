@@ -14,6 +14,7 @@ figure covers reading, sorting and validating slices, preprocessing, the synthes
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -65,6 +66,7 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=32)
     p.add_argument("--ckpt", default=None, help="weights (default: the bundle's ckpt_path, models/model.pt)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="also write the figures to this JSON file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -80,13 +82,25 @@ def main() -> None:
         written = [r for r in records if r.status == "written"]
         if not written:
             raise SystemExit(f"no series written: {[(r.status, r.reason) for r in records]}")
-        per_series = [r.seconds for r in written]
+        result = {
+            "series": len(written),
+            "shape": [128, 128, args.slices],
+            "spacing_mm": [1.5, 1.5, 2.0],
+            "num_inference_steps": parser["num_inference_steps"],
+            "bundle_spacing": parser["spacing"],
+            "threads": torch.get_num_threads(),
+            "wall_seconds": wall,
+            "series_per_minute": 60 * len(written) / wall,
+            "median_seconds_per_series": float(np.median([r.seconds for r in written])),
+        }
         print(
-            f"DICOM throughput (bundle network, {parser['num_inference_steps']} steps per level, CPU, "
-            f"{torch.get_num_threads()} threads): {len(written)} series of 128x128x{args.slices}, "
-            f"{wall:.2f} s total (incl. folder scan), {60 * len(written) / wall:.1f} series/min; "
-            f"per series median {np.median(per_series):.2f} s"
+            f"DICOM throughput (bundle network, {result['num_inference_steps']} steps per level, CPU, "
+            f"{result['threads']} threads): {len(written)} series of 128x128x{args.slices}, "
+            f"{wall:.2f} s total (incl. folder scan), {result['series_per_minute']:.1f} series/min; "
+            f"per series median {result['median_seconds_per_series']:.2f} s"
         )
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

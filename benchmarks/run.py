@@ -223,7 +223,8 @@ def fmt(v, digits=3):
 def markdown(result: dict) -> str:
     r, g, parts = result, result["goals"], result["parts"]
     notes = {
-        "train_images_per_s": "PHMDiff bundle defaults (S: hourglass 8/16/32, 8x8-pixel tokens, 3 levels, x0-prediction, r=0.5), batch 8 x 99x117",
+        "train_images_per_s": "PHMDiff bundle defaults (S: hourglass 8/16/32, 8x8-pixel tokens, 3 levels, "
+        "x0-prediction, r=0.5), batch 8 x 99x117",
         "train_speedup_mask_vs_nomask": "same network, r=0.5 vs r=0",
         "train_speedup_vs_ddpm_unet": "vs DiffusionModelUNet (64,128,128), attention at the lowest level, 2 res blocks",
         "train_gflops_per_s": "FlopCounterMode FLOPs of forward+backward / median step time",
@@ -231,7 +232,8 @@ def markdown(result: dict) -> str:
         "sample_seconds_per_slice": f"256x256, {parts.get('sample', {}).get('phmdiff_levels', 3)} levels x "
         f"{parts.get('sample', {}).get('phmdiff_steps_per_level', '?')} DDIM steps",
         "sample_speedup_vs_ddpm_unet": "DDPM 1000 steps at 256x256: measured subset of steps, scaled linearly",
-        "sample_seconds_per_volume": "197x233x189 1 mm through inference.json (resample to 2 mm, synthesise, invert, write)",
+        "sample_seconds_per_volume": "197x233x189 1 mm through inference.json "
+        "(resample to 2 mm in-plane, synthesise every slice, invert, write)",
         "sample_seconds_per_volume_native_1mm": "189 slices of 197x233 at 1 mm: one measured batch, extrapolated",
         "peak_rss_mb_train": "own process, 3 bundle training steps",
         "peak_rss_mb_sample_volume": "own process, the inference.json volume run",
@@ -239,9 +241,8 @@ def markdown(result: dict) -> str:
     lines = ["| key | value | goal | met | what |", "| --- | ---: | --- | --- | --- |"]
     for key, note in notes.items():
         goal = g.get(key, {})
-        lines.append(
-            f"| `{key}` | {fmt(r.get(key))} | {goal.get('goal', '')} | {fmt(goal.get('met')) if goal else ''} | {note} |"
-        )
+        met = fmt(goal.get("met")) if goal else ""
+        lines.append(f"| `{key}` | {fmt(r.get(key))} | {goal.get('goal', '')} | {met} | {note} |")
     q = parts.get("quality", {})
     rows = q.get("rows", {})
     if rows:

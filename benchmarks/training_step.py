@@ -95,9 +95,8 @@ def main() -> None:
         }
         results["sampling_steps"] = args.sampling_steps or PHMDiffSynthesizer().num_inference_steps
 
-    print(
-        f"PHMDiff training step, preset {args.preset}, batch {args.batch} x {args.size}, {torch.get_num_threads()} threads"
-    )
+    threads = torch.get_num_threads()
+    print(f"PHMDiff training step, preset {args.preset}, batch {args.batch} x {args.size}, {threads} threads")
     print(f"{'case':<20}{'step (s)':>10}")
     for name, seconds in step.items():
         print(f"{name:<20}{seconds:>10.3f}")

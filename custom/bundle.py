@@ -17,18 +17,18 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigComponent, ConfigParser, ConfigWorkflow, ReferenceResolver
 from monai.bundle.scripts import create_workflow, run
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
+from custom.utils.errors import is_bundle_command_line
+
 __all__ = [
     "ConfigError",
     "as_flag",
     "check_overrides",
-    "is_bundle_command_line",
     "quiet_library_notices",
     "POSITIVE_INTEGERS",
 ]
@@ -64,13 +64,6 @@ def as_flag(value: Any, name: str) -> bool:
     if word not in _FLAG_WORDS:
         raise ConfigError(f"{name}={value!r} is not a flag; use true or false (or 1 / 0).")
     return _FLAG_WORDS[word]
-
-
-def is_bundle_command_line() -> bool:
-    """Whether this process is the command line ``python -m monai.bundle ...`` (not a bundle run in-process by MONAI
-    Label, a notebook, a test or a script): only then do the configs' ``run`` steps act on ``sys.argv`` and
-    ``sys.excepthook``."""
-    return Path(sys.argv[0]).parts[-3:] == ("monai", "bundle", "__main__.py")
 
 
 def check_overrides(argv: Sequence[str] | None = None) -> None:

@@ -442,3 +442,20 @@ def test_training_and_inference_define_one_network():
     assert train["network_def"] == inference["network_def"]
     for id_ in ("num_inference_steps", "seed"):  # the ids network_def refers to
         assert train[id_] == inference[id_], id_
+
+
+def test_num_inference_steps_override_reaches_the_network_in_every_config():
+    """Every config combination the docs give builds its network as is (no override needed) and takes the id."""
+    for files in (
+        ["train.json"],
+        ["train.json", "evaluate.json"],
+        ["train.json", "train_3d.json"],
+        ["inference.json"],
+        ["inference.json", "inference_dicom.json"],
+        ["inference.json", "inference_3d.json"],
+    ):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / name) for name in files])
+        parser["bundle_root"] = str(BUNDLE)
+        parser["num_inference_steps"] = 5
+        assert parser.get_parsed_content("network_def").num_inference_steps == 5, files

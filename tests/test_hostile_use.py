@@ -60,7 +60,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def keep_excepthook(monkeypatch):
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the configs' run installs the brief reporter
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # insurance: in-process runs leave the hook alone
 
 
 def workflow(dataset: Path, output: Path, checkpoint: Path, **overrides) -> ConfigWorkflow:

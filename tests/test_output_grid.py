@@ -59,3 +59,15 @@ def test_anisotropic_input_comes_back_on_its_own_grid_in_register(tmp_path, degr
     brain = on_grid["brain_mask"] > 0
     correlation = np.corrcoef(synth.get_fdata()[brain], on_grid["t2w"][brain])[0, 1]
     assert correlation > 0.6, correlation  # a flipped or shifted output scores near 0
+
+
+def test_slices_are_kept_and_resampled_in_plane_only(tmp_path):
+    """``spacing`` [2, 2, 0]: the network sees every input slice at the 2 mm in-plane spacing it was trained at."""
+    image = LoadImage(image_only=True, ensure_channel_first=True)(demo_test_subject() / "t1w.nii.gz")
+    affine, size = clinical_grid(np.asarray(image.affine), image.shape[1:], 0.0)
+    clinical = SpatialResample()(image, dst_affine=torch.as_tensor(affine), spatial_size=size)[0].numpy()
+    nib.save(nib.Nifti1Image(clinical.astype(np.float32), affine), tmp_path / "t1w.nii.gz")
+    flow = workflow(tmp_path, tmp_path / "out")
+    seen = flow.parser.get_parsed_content("preprocessing")({"image": str(tmp_path / "t1w.nii.gz")})["image"]
+    np.testing.assert_allclose(seen.pixdim, [2.0, 2.0, SPACING[2]], atol=1e-4)
+    assert seen.shape[-1] == size[2]

@@ -76,7 +76,7 @@ def network_def(preset: str) -> torch.nn.Module:
 
 @pytest.fixture(autouse=True)
 def keep_excepthook(monkeypatch):
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the configs' initialize installs the brief reporter
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # insurance: in-process runs leave the hook alone
 
 
 @pytest.fixture()

@@ -235,7 +235,8 @@ def test_non_finite_loss_stops_with_files_named(demo, uninterrupted, tmp_path):
     epoch-1 checkpoint stays the last (good) one and is not replaced."""
     loss = {"_target_": "custom.losses.PHMDiffLoss"}
     calls = "n.__setitem__(0, n[0] + 1)"  # the loss runs once per training iteration
-    nan_loss = f"$lambda out, target, n=[0]: ({calls}, @loss_base(out, target) * (float('nan') if n[0] >= {KILL_AT_ITERATION} else 1.0))[1]"
+    factor = f"(float('nan') if n[0] >= {KILL_AT_ITERATION} else 1.0)"
+    nan_loss = f"$lambda out, target, n=[0]: ({calls}, @loss_base(out, target) * {factor})[1]"
     overlay = tmp_path / "nan.json"
     overlay.write_text(json.dumps({"loss_base": loss, "loss": nan_loss}))
     result = subprocess.run(

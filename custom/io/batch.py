@@ -108,7 +108,8 @@ class DicomBatchError(RuntimeError):
 
 @dataclass
 class FoundSeries:
-    """The header datasets (:data:`HEADER_TAGS` only) and files of one SeriesInstanceUID found under the input folder."""
+    """The header datasets (:data:`HEADER_TAGS` only) and files of one SeriesInstanceUID found under the input
+    folder."""
 
     uid: str
     headers: list[Dataset]
@@ -625,9 +626,9 @@ class DicomBatchSynthesis:
                 for f in tmp.glob("*.nii.gz"):
                     os.replace(f, self.output_dir / "nifti" / f"{name}_{f.name}")
             record.status, record.output_folder = WRITTEN, name
-            if instances.unreadable or unreadable & {
-                os.path.dirname(f) for f in s.files
-            }:  # an edge slice leaves no gap
+            # an unreadable edge slice leaves no gap to detect: any unreadable file beside the series is worth a word
+            beside_unreadable = instances.unreadable or unreadable & {os.path.dirname(f) for f in s.files}
+            if beside_unreadable:
                 record.reason = "its folder holds unreadable DICOM files (see the failed rows): slices may be missing"
         except Exception as e:
             record.status = FAILED

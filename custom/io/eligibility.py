@@ -61,7 +61,8 @@ def _image_type_problem(headers: Sequence[Dataset]) -> str | None:
     values = {str(v).strip().upper() for h in headers for v in (h.get("ImageType") or [])}
     excluded = sorted(v for v in values if v in EXCLUDED_IMAGE_TYPES or v.startswith(_EXCLUDED_PREFIXES))
     if excluded:
-        return f"ImageType {'/'.join(excluded)}: not a magnitude volume of anatomy (mosaic, phase, projection or localizer)"
+        kinds = "mosaic, phase, projection or localizer"
+        return f"ImageType {'/'.join(excluded)}: not a magnitude volume of anatomy ({kinds})"
     if any(str(h.get("ComplexImageComponent", "")).upper() == "PHASE" for h in headers):  # Enhanced MR
         return "ComplexImageComponent PHASE: not a magnitude image"
     return None

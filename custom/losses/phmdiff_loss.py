@@ -91,8 +91,9 @@ class GaussianMMDLoss(_Loss):
     the cross-granularity regulariser of PHMDiff (arXiv 2507.16579) between pooled encoder features of adjacent
     pyramid levels. MONAI's ``MMDMetric`` is linear-kernel only; this is the kernel version as a loss.
 
-    k(a, b) = mean over σ of exp(−‖a − b‖² / (2σ²)) (a mean, so k(a, a) = 1 whatever the number of bandwidths); MMD² = mean K(x, x) + mean K(y, y) − 2 mean K(x, y) (biased V-statistic,
-    always ≥ 0) or, with ``unbiased=True``, the U-statistic that leaves out the diagonals of K(x, x) and K(y, y).
+    k(a, b) = mean over σ of exp(−‖a − b‖² / (2σ²)) (a mean, so k(a, a) = 1 whatever the number of bandwidths);
+    MMD² = mean K(x, x) + mean K(y, y) − 2 mean K(x, y) (biased V-statistic, always ≥ 0) or, with
+    ``unbiased=True``, the U-statistic that leaves out the diagonals of K(x, x) and K(y, y).
 
     Args:
         bandwidths: the σ values. None (default) uses the median heuristic: σ² = m · median(‖a − b‖²) / 2 over all

@@ -77,9 +77,8 @@ def masked_ssim(
 
 def _check_stacks(pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.ndim < 4 or pred.shape != target.shape:
-        raise ValueError(
-            f"pred and target must be (N, C, *spatial) stacks of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}."
-        )
+        shapes = f"{tuple(pred.shape)} and {tuple(target.shape)}"
+        raise ValueError(f"pred and target must be (N, C, *spatial) stacks of one shape, got {shapes}.")
 
 
 def _neighbour_steps(volume: torch.Tensor, axis: int, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,11 +4,10 @@ finding this package's error in a chain, describing it on one line, and the comm
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from types import TracebackType
 
-from custom.bundle import is_bundle_command_line
-
-__all__ = ["bundle_error", "describe_error", "report_errors_briefly"]
+__all__ = ["bundle_error", "describe_error", "is_bundle_command_line", "report_errors_briefly"]
 
 _PACKAGE = __name__.split(".")[0]  # errors defined in this package describe the user's data, config or files
 
@@ -47,6 +46,13 @@ def _hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType |
     print(f"(traceback hidden; `python -X dev -m monai.bundle ...` shows it)\n{describe_error(exc)}", file=sys.stderr)
 
 
+def is_bundle_command_line() -> bool:
+    """Whether this process is the command line ``python -m monai.bundle ...`` (not a bundle run in-process by MONAI
+    Label, a notebook, a test or a script): only then do the configs' ``run`` steps act on ``sys.argv`` and
+    ``sys.excepthook``."""
+    return Path(sys.argv[0]).parts[-3:] == ("monai", "bundle", "__main__.py")
+
+
 def report_errors_briefly() -> None:
     """Make an uncaught error of this package end the process with one line, ``<ErrorType>: <message>`` naming the
     file or config id and the problem, instead of MONAI's chained traceback, and an interrupt (Ctrl-C, or SIGTERM
@@ -54,7 +60,8 @@ def report_errors_briefly() -> None:
     ``python -X dev`` shows it for ours too. The process still exits with status 1. Called first in the configs'
     ``run``.
 
-    Only the command line ``python -m monai.bundle`` gets the hook (:func:`custom.bundle.is_bundle_command_line`); a bundle run in-process
+    Only the command line ``python -m monai.bundle`` gets the hook (:func:`is_bundle_command_line`); a bundle run
+    in-process
     (MONAI Label, a notebook, tests, ``monai.bundle.run`` from a script) leaves ``sys.excepthook`` as its caller
     set it. Library code raises ordinary exceptions (``ValueError``/``RuntimeError``/``OSError`` subclasses), never
     ``SystemExit``: how an error is printed and the exit status are for this command-line entry to decide.

@@ -466,7 +466,8 @@ class PHMDiffSynthesizer(nn.Module):
         eta: DDIM stochasticity η (0 = deterministic DDIM); default 0.
         clip_sample: clamp the x₀ estimate to [-1, 1] (intensities are scaled to [-1, 1]); default True.
         prior_noise_std: std of Gaussian noise added to the up-sampled prior at inference (conditioning
-            augmentation, Ho et al. 2021; training draws it from [0, ``prior_noise_std`` of the inferer]); default 0.
+            augmentation, Ho et al. 2021); default 0. Training does not use it: :meth:`training_outputs` takes its
+            own ``prior_noise_std``, the upper end of the std it draws per sample.
         pad_mode: padding mode for level sizes that are not a multiple of their token stride; default "replicate".
 
     Example::
@@ -511,9 +512,8 @@ class PHMDiffSynthesizer(nn.Module):
         if num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}.")
         if not 1 <= num_inference_steps <= num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps must be in [1, num_train_timesteps={num_train_timesteps}], got {num_inference_steps}."
-            )
+            allowed = f"[1, num_train_timesteps={num_train_timesteps}]"
+            raise ValueError(f"num_inference_steps must be in {allowed}, got {num_inference_steps}.")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}.")
         if prior_noise_std < 0:
