@@ -176,7 +176,7 @@ class TestRace(HostileCase):
         victim = self.tmp / "victim.txt"
         victim.write_text("keep")
         self.out.mkdir()
-        for name in ("report.json", "report.csv"):  # the names write_text_atomic uses, planted as links
+        for name in ("report.json", "report.csv"):  # the names write_file_atomic uses, planted as links
             os.symlink(victim, self.out / f".{name}.partial-{os.getpid()}")
         self.run_batch()
         self.assertEqual(victim.read_text(), "keep")

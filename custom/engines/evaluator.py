@@ -16,7 +16,7 @@ from monai.utils import CommonKeys, ImageMetaKey
 
 from ..data.dataset import ERROR_KEY, INELIGIBLE_KEY
 from ..utils.errors import describe_error
-from ..transforms.io import OutputWriteError, SafeSaveImaged, remove_stale_partials, write_text_atomic
+from ..transforms.io import OutputWriteError, SafeSaveImaged, remove_stale_partials, write_file_atomic
 
 __all__ = ["SynthesisError", "SynthesisEvaluator", "sigterm_interrupts", "WRITTEN", "SKIPPED", "FAILED"]
 
@@ -149,7 +149,7 @@ class SynthesisEvaluator(SupervisedEvaluator):
         ]
         counts = {k: sum(r["status"] == k for r in self.records) for k in (WRITTEN, SKIPPED, FAILED)}
         report = {"output_dir": str(self.output_dir), "complete": finished, "counts": counts, "images": self.records}
-        write_text_atomic(self.output_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        write_file_atomic(self.output_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         head = " stopped" if not finished else " found no eligible image" if self._nothing_eligible() else ""
         shown = SKIPPED if head == " found no eligible image" else FAILED  # the reason the run exits non-zero
         first = next((f" (first: {r['reason']})" for r in self.records if r["status"] == shown), "")

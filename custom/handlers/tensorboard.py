@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.utils import optional_import
+
+from ..transforms.io import write_file_atomic
 
 SummaryWriter, _ = optional_import("torch.utils.tensorboard", name="SummaryWriter")
 
@@ -96,14 +97,5 @@ class SynthesisGridHandler:
         self._writer.add_image(self.tag, self._grid, engine.state.epoch)
         self._writer.flush()
         if self.png_path:
-            folder = os.path.dirname(os.path.abspath(self.png_path))
-            os.makedirs(folder, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".partial-", suffix=".png", delete=False) as tmp:
-                try:
-                    tmp.write(png_bytes(self._grid))
-                    tmp.close()
-                    os.chmod(tmp.name, 0o644)  # a temporary file is private; the picture is for whoever reads the run
-                    os.replace(tmp.name, self.png_path)
-                except BaseException:  # a full disk or an interrupt leaves no partial file behind
-                    os.unlink(tmp.name)
-                    raise
+            os.makedirs(os.path.dirname(os.path.abspath(self.png_path)), exist_ok=True)
+            write_file_atomic(self.png_path, png_bytes(self._grid))

@@ -43,7 +43,7 @@ from pydicom.uid import UID
 from ..bundle import as_flag
 from ..engines.evaluator import FAILED, SKIPPED, WRITTEN, SynthesisError, sigterm_interrupts
 from ..utils.errors import describe_error
-from ..transforms.io import OutputWriteError, loader_of, remove_stale_partials, write_text_atomic
+from ..transforms.io import OutputWriteError, loader_of, remove_stale_partials, write_file_atomic
 from .eligibility import (
     MAX_SKULL_FRACTION,
     MIN_FOV_MM,
@@ -731,9 +731,9 @@ class DicomBatchSynthesis:
         }
         # ensure_ascii=False: non-ASCII text reads as written (MÜLLER, not M\u00dcLLER); patient data were redacted
         # from the fields above, before serialising
-        write_text_atomic(self.output_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
+        write_file_atomic(self.output_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
         table = io.StringIO()
         w = csv.DictWriter(table, fieldnames=[f.name for f in fields(SeriesRecord)])
         w.writeheader()
         w.writerows(rows)
-        write_text_atomic(self.output_dir / "report.csv", table.getvalue())
+        write_file_atomic(self.output_dir / "report.csv", table.getvalue())

@@ -37,7 +37,7 @@ __all__ = [
     "SafeSaveImaged",
     "PARTIAL_MARKER",
     "remove_stale_partials",
-    "write_text_atomic",
+    "write_file_atomic",
     "MAX_VOXELS",
 ]
 
@@ -408,18 +408,18 @@ class SafeSaveImaged(SaveImaged):
         return super().__call__(data)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a hidden temporary file of this process (``.{name}.partial-{pid}``),
-    flushed to disk, then renamed onto ``path``: nobody reads half a file, and two processes never share a
-    temporary file."""
+def write_file_atomic(path: str | os.PathLike, content: str | bytes) -> None:
+    """Write ``content`` (text as UTF-8, or bytes) to ``path`` through a hidden temporary file of this process
+    (``.{name}.partial-{pid}``), flushed to disk, then renamed onto ``path``: nobody reads half a file, and two
+    processes never share a temporary file."""
     path = Path(path)
     partial = path.with_name(f".{path.name}{PARTIAL_MARKER}{os.getpid()}")
     partial.unlink(missing_ok=True)  # a leftover of an earlier process with this pid, or a planted link
     try:
         # O_EXCL | O_NOFOLLOW: a link planted at the predictable name between unlink and open is not followed
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with open(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with open(fd, "wb") as stream:
+            stream.write(content.encode("utf-8") if isinstance(content, str) else content)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(partial, path)
@@ -432,7 +432,7 @@ def remove_stale_partials(
     folder: str | os.PathLike, suffixes: Sequence[str] = ("",), recursive: bool = False
 ) -> list[Path]:
     """Remove the temporary files this project's writers leave when killed, ``.{name}.partial-{pid}{suffix}``
-    (:func:`write_text_atomic`: no suffix; :class:`SafeSaveImage`: its ``output_ext``), whose process no longer
+    (:func:`write_file_atomic`: no suffix; :class:`SafeSaveImage`: its ``output_ext``), whose process no longer
     runs. Only names of exactly that form are taken; those of running processes, links, and anything in a linked
     folder stay. Returns the removed paths.
 
