@@ -148,16 +148,16 @@ class PHMDiffStep(_OptimiserStep):
     def __init__(
         self,
         synth: PHMDiffSynthesizer,
-        mask_ratio: float | None = None,
-        mmd_weight: float | None = None,
         batch: int = BATCH,
         size: list[int] = DEMO_SIZE,
         lr: float | None = None,
+        inferer_overrides: dict | None = None,
+        loss_overrides: dict | None = None,
     ) -> None:
         self.synth = synth.train()
-        # the bundle's inferer and loss; None keeps the bundle's mask ratio / MMD weight
-        self.inferer = bundle_component("train#inferer", **({} if mask_ratio is None else {"mask_ratio": mask_ratio}))
-        self.loss_fn = bundle_component("loss", **({} if mmd_weight is None else {"mmd_weight": mmd_weight}))
+        # the bundle's inferer and loss, some arguments overridden (e.g. {"mask_ratio": 0.0})
+        self.inferer = bundle_component("train#inferer", **(inferer_overrides or {}))
+        self.loss_fn = bundle_component("loss", **(loss_overrides or {}))
         self.opt = torch.optim.AdamW(self.synth.parameters(), lr=lr or bundle_learning_rate(), weight_decay=0.0)
         self.source = torch.rand(batch, 1, *size) * 2 - 1
         self.target = torch.rand(batch, 1, *size) * 2 - 1

@@ -62,14 +62,19 @@ PLAIN_DIT = {
     "patch_size": [8, 4, 2],
 }
 PHMDIFF_ROWS = {
-    # name: (network overrides of train.json's network_def, mask ratio, MMD weight); None: the bundle's value
-    "phmdiff": ({}, None, None),
-    "phmdiff_no_mmd": ({}, None, 0.0),
-    "phmdiff_no_masking": ({}, 0.0, None),
-    "phmdiff_one_level": ({"num_levels": 1}, None, None),
-    "phmdiff_no_hourglass": (PLAIN_DIT, None, None),
-    "phmdiff_no_transformer": ({"depth": 0, "decoder_depth": 0}, None, None),
-    "dit_single_level": ({**PLAIN_DIT, "num_levels": 1, "patch_size": [8]}, 0.0, 0.0),
+    # name: overrides of train.json's network_def ("network"), train#inferer ("inferer") and loss ("loss")
+    "phmdiff": {},
+    "phmdiff_no_mmd": {"loss": {"mmd_weight": 0.0}},
+    "phmdiff_no_masking": {"inferer": {"mask_ratio": 0.0}},
+    "phmdiff_one_level": {"network": {"num_levels": 1}},
+    "phmdiff_no_hourglass": {"network": PLAIN_DIT},
+    "phmdiff_no_transformer": {"network": {"depth": 0, "decoder_depth": 0}},
+    "phmdiff_uniform_t": {"inferer": {"timestep_power": 1.0}},
+    "dit_single_level": {
+        "network": {**PLAIN_DIT, "num_levels": 1, "patch_size": [8]},
+        "inferer": {"mask_ratio": 0.0, "timestep_power": 1.0},
+        "loss": {"mmd_weight": 0.0},
+    },
 }
 LEARNED_ROWS = list(PHMDIFF_ROWS) + ["unet_l1", "ddpm_unet"]
 SAMPLE_STEPS = 10  # the table's single sample: 10 DDIM steps per level, whatever the bundle's default
@@ -267,14 +272,19 @@ def oracle_remap(subjects: list[dict], bins: int = 256) -> dict:
 
 def build_row(name: str, ddim_steps: int):
     if name in PHMDIFF_ROWS:
-        overrides, ratio, mmd = PHMDIFF_ROWS[name]
+        overrides = PHMDIFF_ROWS[name]
+        network = overrides.get("network", {})
         step = bc.PHMDiffStep(
-            bc.make_phmdiff(**{"num_inference_steps": SAMPLE_STEPS, **overrides}), mask_ratio=ratio, mmd_weight=mmd
+            bc.make_phmdiff(**{"num_inference_steps": SAMPLE_STEPS, **network}),
+            inferer_overrides=overrides.get("inferer"),
+            loss_overrides=overrides.get("loss"),
         )
         return step, {
-            "network": {**bc.bundle_network_config(), **overrides},
+            "network": {**bc.bundle_network_config(), **network},
             "mask_ratio": step.inferer.mask_ratio,
+            "timestep_power": step.inferer.timestep_power,
             "mmd_weight": step.loss_fn.mmd_weight,
+            "loss_distance": step.loss_fn.denoising.distance,
             "learning_rate": bc.bundle_learning_rate(),
         }
     if name == "unet_l1":

@@ -146,8 +146,8 @@ def part_train(quick: bool) -> dict:
     nomask = bc.make_phmdiff()
     nomask.load_state_dict(base.state_dict())  # the same network for both ratios
     setups = {
-        "phmdiff_r0.5": bc.PHMDiffStep(base, mask_ratio=0.5),
-        "phmdiff_r0": bc.PHMDiffStep(nomask, mask_ratio=0.0),
+        "phmdiff_r0.5": bc.PHMDiffStep(base, inferer_overrides={"mask_ratio": 0.5}),
+        "phmdiff_r0": bc.PHMDiffStep(nomask, inferer_overrides={"mask_ratio": 0.0}),
         "ddpm_unet": bc.DDPMUNetStep(),
     }
     step = bc.round_robin(setups, warmup=1, repeats=3 if quick else 7)
@@ -342,7 +342,7 @@ def part_volume_native(quick: bool) -> dict:
 def part_rss_train(quick: bool) -> dict:
     """Peak RSS of the bundle's training step (batch 8 of 99x117 slices), in a process of its own."""
     torch.manual_seed(0)
-    setup = bc.PHMDiffStep(bc.make_phmdiff(), mask_ratio=0.5)
+    setup = bc.PHMDiffStep(bc.make_phmdiff(), inferer_overrides={"mask_ratio": 0.5})
     before = bc.peak_rss_mb()
     times = [setup.step() for _ in range(3)]
     return {"peak_rss_mb": bc.peak_rss_mb(), "rss_mb_before_training": before, "step_s": times}
@@ -359,8 +359,8 @@ def part_whatif(quick: bool) -> dict:
         base = bc.make_phmdiff(decoder_depth=dec)
         full = bc.make_phmdiff(decoder_depth=dec)
         full.load_state_dict(base.state_dict())
-        setups[f"{name} masked"] = bc.PHMDiffStep(base, mask_ratio=ratio)
-        setups[f"{name} r=0"] = bc.PHMDiffStep(full, mask_ratio=0.0)
+        setups[f"{name} masked"] = bc.PHMDiffStep(base, inferer_overrides={"mask_ratio": ratio})
+        setups[f"{name} r=0"] = bc.PHMDiffStep(full, inferer_overrides={"mask_ratio": 0.0})
     unique = {
         k: v
         for k, v in setups.items()

@@ -306,6 +306,20 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+MERGE_KEYS = ("budget_seconds_per_row", "eval_slices_per_subject", "seed", "test_subjects", "slice_indices")
+
+
+def merge_quality_rows(earlier: dict, later: dict) -> dict:
+    """The quality part of a ``--rows`` run merged into an earlier one: the rows it trained (and its baselines)
+    replace theirs, the other rows stay; a shipped-weights row it skipped keeps the earlier one. Runs whose budget,
+    seed or test slices differ are refused: their rows would not be comparable."""
+    differ = [k for k in MERGE_KEYS if k in earlier and earlier.get(k) != later.get(k)]
+    if differ:
+        raise ValueError(f"cannot merge quality rows of runs whose {', '.join(differ)} differ; use another --out.")
+    rows = {k: v for k, v in later.get("rows", {}).items() if "skipped" not in v}
+    return {**earlier, **later, "rows": {**earlier.get("rows", {}), **rows}}
+
+
 def plot(quality: dict, path: Path) -> Path | None:
     """PSNR inside the brain against training time for every learned row (the issue's headline figure)."""
     rows = quality.get("rows", {})
@@ -341,7 +355,11 @@ def main() -> None:
     parser.add_argument("--rows", default=None, help="learned rows to train (default: all)")
     parser.add_argument("--shipped", default=str(HERE.parent / "bundle" / "models" / "model.pt"))
     parser.add_argument("--omp-wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY of the parts ('' = inherit)")
-    parser.add_argument("--merge", action="store_true", help="update the parts run here in an existing --out JSON")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="update the parts run here in an existing --out JSON (with --rows: only those quality rows)",
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "latest.json"))
     args = parser.parse_args()
     cfg = settings(args.quick)
@@ -373,6 +391,13 @@ def main() -> None:
     }
     parts: dict = {}
     selected = [p for p in args.parts.split(",") if p]
+    if args.merge and args.rows and "quality" in selected and out.is_file():  # refuse now, not after the training
+        earlier_quality = json.loads(out.read_text())["parts"].get("quality", {})
+        planned = {"budget_seconds_per_row": cfg["budget"], "eval_slices_per_subject": cfg["eval_slices"] or "all"}
+        try:
+            merge_quality_rows(earlier_quality, {**earlier_quality, **planned})
+        except ValueError as error:
+            parser.error(str(error))
     for name in selected:
         if name == "policy_probe":  # the same sampling call under three OpenMP settings
             probe = {}
@@ -412,6 +437,8 @@ def main() -> None:
     if args.merge and out.is_file():  # keep the other parts of an earlier run; record which parts are newer
         earlier = json.loads(out.read_text())
         meta = {**earlier["meta"], "merged_later": earlier["meta"].get("merged_later", []) + [meta]}
+        if args.rows and "quality" in parts and "quality" in earlier["parts"]:
+            parts["quality"] = merge_quality_rows(earlier["parts"]["quality"], parts["quality"])
         parts = {**earlier["parts"], **parts}
     result = {"meta": meta}
     head = headline(parts)

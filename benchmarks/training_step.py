@@ -39,7 +39,7 @@ def time_training_steps(
     for name, (levels, ratio) in cases.items():
         torch.manual_seed(0)
         synth = PHMDiffSynthesizer(spatial_dims=len(size), num_levels=levels, preset=preset)
-        setups[name] = PHMDiffStep(synth, mask_ratio=ratio, batch=batch, size=size, lr=1e-4)
+        setups[name] = PHMDiffStep(synth, inferer_overrides={"mask_ratio": ratio}, batch=batch, size=size, lr=1e-4)
     return round_robin(setups, warmup=warmup, repeats=repeats)
 
 

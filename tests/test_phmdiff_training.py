@@ -92,7 +92,32 @@ class TestTrainingInferer(unittest.TestCase):
             self.assertFalse(torch.allclose(inputs[0][:, 2:3], upsample(pyramid(target)[1], [32, 28])))
         self.assertTrue(torch.all(inputs[1][:, 2:3] == 0))  # the coarsest level has no prior
 
+    def test_timestep_power(self):
+        """k = 1 keeps torch.randint's draws (runs before the option reproduce); k = 2 puts about 32% of the draws in
+        the noisiest tenth (0.1 ** 0.5) instead of 10%, and every timestep stays in [0, T)."""
+        net, image = PHMDiffSynthesizer(preset="T", num_levels=1, num_train_timesteps=100), torch.zeros(4, 1, 16, 16)
+        torch.manual_seed(5)
+        uniform = net.training_outputs(image, image, timestep_power=1.0)[0].timesteps
+        torch.manual_seed(5)
+        self.assertTrue(torch.equal(uniform, torch.randint(0, 100, (4,))))
+        torch.manual_seed(0)
+        draws = {power: net._training_timesteps(20000, power, torch.device("cpu")) for power in (1.0, 2.0, 0.5)}
+        for power, t in draws.items():
+            self.assertEqual(t.dtype, torch.int64)
+            self.assertTrue(bool((t >= 0).all() and (t < 100).all()), power)
+        noisiest_tenth = {power: float((t >= 90).double().mean()) for power, t in draws.items()}
+        self.assertAlmostEqual(noisiest_tenth[1.0], 0.10, delta=0.01)
+        self.assertAlmostEqual(noisiest_tenth[2.0], 0.1**0.5, delta=0.015)
+        self.assertAlmostEqual(noisiest_tenth[0.5], 0.1**2, delta=0.005)
+        torch.manual_seed(5)
+        high_noise = PHMDiffTrainingInferer(timestep_power=2.0)(image, net, target=image)[0].timesteps
+        torch.manual_seed(5)
+        self.assertTrue(torch.equal(high_noise, net._training_timesteps(4, 2.0, torch.device("cpu"))))
+
     def test_ill_arguments(self):
+        for power in (0.0, -1.0, float("nan"), float("inf")):
+            with self.assertRaisesRegex(ValueError, "timestep_power"):
+                PHMDiffTrainingInferer(timestep_power=power)
         with self.assertRaisesRegex(ValueError, "prior_source"):
             PHMDiffTrainingInferer(prior_source="oracle")
         with self.assertRaisesRegex(ValueError, "mask_ratio"):

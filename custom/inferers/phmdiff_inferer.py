@@ -28,6 +28,8 @@ class PHMDiffTrainingInferer(Inferer):
         prior_noise_std: upper end of the conditioning-augmentation noise std (intensities in [-1, 1]); default 0.1.
         prior_source: "model" (default, the network's own detached estimate of the coarser level, as at sampling)
             or "target" (the down-sampled ground truth): where the finer levels' priors come from.
+        timestep_power: k in the training timesteps t = T − 1 − ⌊T·uᵏ⌋, u ~ U[0, 1); 1 (default) is uniform, larger
+            values draw high-noise timesteps more often.
 
     Returns (``__call__``):
         a list of :class:`custom.networks.nets.LevelOutput`, one per level, finest first (``outputs[ℓ].level == ℓ``):
@@ -42,13 +44,18 @@ class PHMDiffTrainingInferer(Inferer):
     """
 
     def __init__(
-        self, mask_ratio: Sequence[float] | float = 0.5, prior_noise_std: float = 0.1, prior_source: str = "model"
+        self,
+        mask_ratio: Sequence[float] | float = 0.5,
+        prior_noise_std: float = 0.1,
+        prior_source: str = "model",
+        timestep_power: float = 1.0,
     ) -> None:
         super().__init__()
-        PHMDiffSynthesizer.check_training_options(mask_ratio, prior_noise_std, prior_source)
+        PHMDiffSynthesizer.check_training_options(mask_ratio, prior_noise_std, prior_source, timestep_power)
         self.prior_source = prior_source
         self.mask_ratio = mask_ratio
         self.prior_noise_std = prior_noise_std
+        self.timestep_power = timestep_power
 
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor, network: nn.Module, target: torch.Tensor, *args: Any, **kwargs: Any
@@ -64,4 +71,6 @@ class PHMDiffTrainingInferer(Inferer):
             raise TypeError(
                 f"network must be a PHMDiffSynthesizer (or wrap one as .module), got {type(synth).__name__}."
             )
-        return synth.training_outputs(inputs, target, self.mask_ratio, self.prior_noise_std, self.prior_source)
+        return synth.training_outputs(
+            inputs, target, self.mask_ratio, self.prior_noise_std, self.prior_source, self.timestep_power
+        )

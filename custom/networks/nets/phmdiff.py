@@ -7,6 +7,7 @@ the noised, masked training pass over the same pyramid).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -457,7 +458,7 @@ class PHMDiffSynthesizer(nn.Module):
         schedule: MONAI noise schedule name ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine");
             default "linear_beta" (β from 1e-4 to 2e-2, as DDPM).
         num_inference_steps: DDIM steps per level; default 3: with the shipped weights on the demo test split,
-            3 steps gave 1.2 dB more PSNR inside the brain than 10, with fewer invented textures, at under a third of
+            3 steps gave 1.1 dB more PSNR inside the brain than 10, with fewer invented textures, at under a third of
             the network calls (``benchmarks/results/quality_shipped.json``, ``steps_sweep``). Changing it later
             (``set_num_inference_steps``) needs no new checkpoint.
         seed: seed of the sampling noise; default 0.
@@ -596,9 +597,13 @@ class PHMDiffSynthesizer(nn.Module):
         return x0
 
     @staticmethod
-    def check_training_options(mask_ratio: Sequence[float] | float, prior_noise_std: float, prior_source: str) -> None:
+    def check_training_options(
+        mask_ratio: Sequence[float] | float, prior_noise_std: float, prior_source: str, timestep_power: float = 1.0
+    ) -> None:
         """Raise ``ValueError`` for options :meth:`training_outputs` does not take (callers may check them early, as
         the training inferer does at construction)."""
+        if not (math.isfinite(timestep_power) and timestep_power > 0):
+            raise ValueError(f"timestep_power must be a finite number > 0, got {timestep_power}.")
         if prior_source not in PRIOR_SOURCES:
             raise ValueError(f"prior_source must be 'model' or 'target', got {prior_source!r}.")
         ratios = mask_ratio if isinstance(mask_ratio, Sequence) else [mask_ratio]
@@ -614,6 +619,7 @@ class PHMDiffSynthesizer(nn.Module):
         mask_ratio: Sequence[float] | float = 0.5,
         prior_noise_std: float = 0.1,
         prior_source: str = "model",
+        timestep_power: float = 1.0,
     ) -> List[LevelOutput]:
         """
         One training pass of PHMDiff (arXiv 2507.16579): one noised, masked denoising pass per pyramid level, with
@@ -641,6 +647,9 @@ class PHMDiffSynthesizer(nn.Module):
                 paper: "random, high-proportion masks"; MaskDiT: 0.5. Use 0 for the final unmasking phase.
             prior_noise_std: upper end of the conditioning-augmentation noise std (intensities in [-1, 1]).
             prior_source: "model" or "target": where the finer levels' priors come from (see above).
+            timestep_power: k in t = T − 1 − ⌊T·uᵏ⌋, u ~ U[0, 1): 1 draws t uniformly (DDPM); k > 1 draws high-noise
+                timesteps more often (k = 2: 32% of draws in the noisiest tenth), where a few-step sampler spends
+                its steps.
 
         Returns:
             one :class:`LevelOutput` per level, finest first (``outputs[ℓ].level == ℓ``, the order of
@@ -651,7 +660,7 @@ class PHMDiffSynthesizer(nn.Module):
             >>> outputs = synth.training_outputs(source, target, mask_ratio=0.5)  # finest first
             >>> loss = PHMDiffLoss()(outputs, target)
         """
-        self.check_training_options(mask_ratio, prior_noise_std, prior_source)
+        self.check_training_options(mask_ratio, prior_noise_std, prior_source, timestep_power)
         ratios = ensure_tuple_rep(mask_ratio, self.num_levels)
         if source.shape[2:] != target.shape[2:] or source.shape[0] != target.shape[0]:
             raise ValueError(
@@ -673,7 +682,7 @@ class PHMDiffSynthesizer(nn.Module):
                 prior = prior + std * torch.randn_like(prior)
             else:
                 prior = torch.zeros_like(x0)
-            t = torch.randint(0, self.num_train_timesteps, (b,), device=x0.device)  # (B,)
+            t = self._training_timesteps(b, timestep_power, x0.device)  # (B,)
             noise = torch.randn_like(x0)
             a_t = alphas[t].reshape(view)  # (B, 1, ...)
             x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise  # (B, C, *S_l)
@@ -687,6 +696,14 @@ class PHMDiffSynthesizer(nn.Module):
             regression_target = convert_prediction(noise, x_t, a_t, "epsilon", self.prediction_type)
             outputs.append(LevelOutput(level, pred, regression_target, mask, features, t))
         return outputs[::-1]
+
+    def _training_timesteps(self, batch: int, power: float, device: torch.device) -> torch.Tensor:
+        """Integer timesteps (B,) in [0, T): t = T − 1 − ⌊T·uᵏ⌋; k = 1 keeps ``torch.randint``'s draws."""
+        if power == 1.0:
+            return torch.randint(0, self.num_train_timesteps, (batch,), device=device)
+        u = torch.rand(batch, dtype=torch.float64)  # on the CPU: float64 on any device (MPS has none)
+        t = self.num_train_timesteps - 1 - torch.floor(self.num_train_timesteps * u**power).long()
+        return t.clamp(0, self.num_train_timesteps - 1).to(device)  # uᵏ may round up to 1 for k < 1
 
     def forward(self, source: torch.Tensor) -> torch.Tensor:
         """
