@@ -41,17 +41,6 @@ PAPER = {
     "ssim": 0.9242,
     "ssim_std": 0.0153,
 }
-LEARNED = [
-    "phmdiff",
-    "phmdiff_no_mmd",
-    "phmdiff_no_masking",
-    "phmdiff_one_level",
-    "phmdiff_no_hourglass",
-    "phmdiff_no_transformer",
-    "dit_single_level",
-    "unet_l1",
-    "ddpm_unet",
-]
 
 
 def settings(quick: bool) -> dict:
@@ -324,9 +313,9 @@ def plot(quality: dict, path: Path) -> Path | None:
     """PSNR inside the brain against training time for every learned row (the issue's headline figure)."""
     rows = quality.get("rows", {})
     series = {
-        name: [(c["train_seconds"], c["psnr_brain"]) for c in rows[name]["curve"]]
-        for name in LEARNED
-        if rows.get(name, {}).get("curve")
+        name: [(c["train_seconds"], c["psnr_brain"]) for c in row["curve"]]
+        for name, row in rows.items()
+        if row.get("curve")
     }
     if not series:
         return None
