@@ -398,22 +398,15 @@ def main() -> None:
                 probe[label] = run_part("policy_probe", quick, {**env, **extra}, 180, log)
             parts["omp_wait_policy_probe"] = probe
         elif name == "quality":
-            qargs = [
-                "--budget",
-                str(cfg["budget"]),
-                "--eval-slices",
-                str(cfg["eval_slices"]),
-                "--curve-slices",
-                str(cfg["curve_slices"]),
-                "--curve-points",
-                str(cfg["curve_points"]),
-                "--ddim-steps",
-                str(cfg["ddim_steps"]),
-                "--mean-seeds",
-                str(cfg["mean_seeds"]),
-                "--shipped",
-                args.shipped,
-            ] + (["--rows", args.rows] if args.rows else [])
+            qargs = (
+                [
+                    arg
+                    for key in ("budget", "eval_slices", "curve_slices", "curve_points", "ddim_steps", "mean_seeds")
+                    for arg in ("--" + key.replace("_", "-"), str(cfg[key]))
+                ]
+                + ["--shipped", args.shipped]
+                + (["--rows", args.rows] if args.rows else [])
+            )
             parts["quality"] = run_part("quality", qargs, env, 60 * 60 * 6, log)
         elif name == "volume_bundle":
             parts[name] = run_part(name, quick + ["--shipped", args.shipped], env, 3600, log)

@@ -115,7 +115,7 @@ class TestTrainingInferer(unittest.TestCase):
         self.assertTrue(torch.equal(high_noise, net._training_timesteps(4, 2.0, torch.device("cpu"))))
 
     def test_ill_arguments(self):
-        for power in (0.0, -1.0, float("nan"), float("inf")):
+        for power in (0.0, -1.0, float("nan"), float("inf"), "2"):
             with self.assertRaisesRegex(ValueError, "timestep_power"):
                 PHMDiffTrainingInferer(timestep_power=power)
         with self.assertRaisesRegex(ValueError, "prior_source"):

@@ -602,7 +602,7 @@ class PHMDiffSynthesizer(nn.Module):
     ) -> None:
         """Raise ``ValueError`` for options :meth:`training_outputs` does not take (callers may check them early, as
         the training inferer does at construction)."""
-        if not (math.isfinite(timestep_power) and timestep_power > 0):
+        if not (isinstance(timestep_power, (int, float)) and math.isfinite(timestep_power) and timestep_power > 0):
             raise ValueError(f"timestep_power must be a finite number > 0, got {timestep_power}.")
         if prior_source not in PRIOR_SOURCES:
             raise ValueError(f"prior_source must be 'model' or 'target', got {prior_source!r}.")
@@ -648,8 +648,8 @@ class PHMDiffSynthesizer(nn.Module):
             prior_noise_std: upper end of the conditioning-augmentation noise std (intensities in [-1, 1]).
             prior_source: "model" or "target": where the finer levels' priors come from (see above).
             timestep_power: k in t = T − 1 − ⌊T·uᵏ⌋, u ~ U[0, 1): 1 draws t uniformly (DDPM); k > 1 draws high-noise
-                timesteps more often (k = 2: 32% of draws in the noisiest tenth), where a few-step sampler spends
-                its steps.
+                timesteps more often (k = 2: 32% of draws in the noisiest tenth), where sampling starts and the
+                source alone must carry the image.
 
         Returns:
             one :class:`LevelOutput` per level, finest first (``outputs[ℓ].level == ℓ``, the order of
