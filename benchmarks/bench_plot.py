@@ -86,12 +86,15 @@ def line_plot(
         legend_y += 16
     for i, (name, pts) in enumerate(series.items()):
         colour = COLOURS[i % len(COLOURS)]
+        # past the palette, square markers keep rows of the same colour apart
+        marker = draw.rectangle if (i // len(COLOURS)) % 2 else draw.ellipse
         coords = [px(x, y) for x, y in sorted(pts)]
         if len(coords) > 1:
             draw.line(coords, fill=colour, width=2)
         for X, Y in coords:
-            draw.ellipse([X - 3, Y - 3, X + 3, Y + 3], fill=colour)
+            marker([X - 3, Y - 3, X + 3, Y + 3], fill=colour)
         draw.line([w - right + 10, legend_y + 6, w - right + 30, legend_y + 6], fill=colour, width=3)
+        marker([w - right + 17, legend_y + 3, w - right + 23, legend_y + 9], fill=colour)
         draw.text((w - right + 35, legend_y), name, fill="black", font=font)
         legend_y += 16
     path = Path(path)

@@ -70,9 +70,11 @@ PHMDIFF_ROWS = {
     "phmdiff_no_hourglass": {"network": PLAIN_DIT},
     "phmdiff_no_transformer": {"network": {"depth": 0, "decoder_depth": 0}},
     "phmdiff_uniform_t": {"inferer": {"timestep_power": 1.0}},
+    "phmdiff_channel_norm": {"network": {"hourglass_norm": "channel"}},
+    "phmdiff_crop64": {"network": {"hourglass_norm": "channel"}, "inferer": {"crop_size": 64}},  # 64x64 finest windows
     "dit_single_level": {
         "network": {**PLAIN_DIT, "num_levels": 1, "patch_size": [8]},
-        "inferer": {"mask_ratio": 0.0, "timestep_power": 1.0},
+        "inferer": {"mask_ratio": 0.0, "timestep_power": 1.0, "crop_size": None},
         "loss": {"mmd_weight": 0.0},
     },
 }
@@ -283,6 +285,8 @@ def build_row(name: str, ddim_steps: int):
             "network": {**bc.bundle_network_config(), **network},
             "mask_ratio": step.inferer.mask_ratio,
             "timestep_power": step.inferer.timestep_power,
+            "crop_size": step.inferer.crop_size,
+            "hourglass_norm": step.synth.denoiser.hourglass_norm,
             "mmd_weight": step.loss_fn.mmd_weight,
             "loss_distance": step.loss_fn.denoising.distance,
             "learning_rate": bc.bundle_learning_rate(),

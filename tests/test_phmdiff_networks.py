@@ -116,6 +116,17 @@ class TestBlocks(unittest.TestCase):
         ref = build_sincos_position_embedding(grid, dim, spatial_dims=spatial_dims).data
         torch.testing.assert_close(ours, ref)
 
+    @parameterized.expand([[[7, 8], [2, 3], 48], [[3, 4, 5], [1, 0, 2], 48]])
+    def test_sincos_window_is_rows_of_the_whole_grid(self, window, offset, dim):
+        """A window's embedding (crop training) equals the rows of the larger grid's embedding at its tokens."""
+        whole = [w + o + 1 for w, o in zip(window, offset)]
+        ours = sincos_position_embedding(window, dim, torch.device("cpu"), offset=offset)[0]
+        coords = torch.stack(torch.meshgrid([torch.arange(w) + o for w, o in zip(window, offset)], indexing="ij"))
+        rows = torch.zeros(coords.shape[1:], dtype=torch.long)
+        for axis, size in enumerate(whole):  # row-major index of each window token in the whole grid
+            rows = rows * size + coords[axis]
+        torch.testing.assert_close(ours, sincos_position_embedding(whole, dim, torch.device("cpu"))[0][rows.flatten()])
+
     @parameterized.expand(KEEP_CASES)
     def test_masking_round_trip(self, ratio):
         x = torch.randn(3, 40, 8)
@@ -226,17 +237,46 @@ class TestDenoiser(unittest.TestCase):
         self.assertEqual(tuple(pred.shape), (2, 1, 20, 24))
         self.assertEqual(len(net.blocks) + len(net.decoder_blocks), 0)
 
+    def test_hourglass_norm(self):
+        """Channel layer norm keeps no statistics over space: the hourglass gives a voxel far from the borders the
+        same features on a crop as on the whole image (what crop training relies on); group norm (the default) does
+        not. A group-norm checkpoint does not load into the channel-norm network."""
+        torch.manual_seed(0)
+        x = torch.randn(1, 3, 48, 48)
+        x[..., :, :12] = -1.0  # "background": a crop without it changes the group norm's statistics
+        features = {}
+        for norm in ("channel", "group"):
+            net = PHMDiffDenoiser(conv_channels=(8, 16), hidden_size=48, num_heads=2, depth=0, hourglass_norm=norm)
+            randomise_zero_layers(net)
+            c = net.t_embedder(torch.tensor([500]))
+            features[norm] = [net.encoder[0](net.stem[0](image), c) for image in (x, x[..., 8:40, 16:48])]
+        whole, crop = features["channel"]
+        torch.testing.assert_close(crop[..., 4:28, 4:28], whole[..., 12:36, 20:44])  # away from the crop's border
+        whole, crop = features["group"]
+        self.assertFalse(torch.allclose(crop[..., 4:28, 4:28], whole[..., 12:36, 20:44], atol=1e-3))
+        group = PHMDiffDenoiser(conv_channels=(8, 16), hidden_size=48, num_heads=2)
+        channel = PHMDiffDenoiser(conv_channels=(8, 16), hidden_size=48, num_heads=2, hourglass_norm="channel")
+        with self.assertRaisesRegex(RuntimeError, "norm1.scale"):
+            channel.load_state_dict(group.state_dict())
+        randomise_zero_layers(channel)
+        t = torch.tensor([500])
+        torch.testing.assert_close(torch.jit.script(channel)(x, t)[0], channel(x, t)[0], rtol=0.0, atol=1e-6)
+
     def test_ill_hourglass(self):
         with self.assertRaisesRegex(ValueError, "conv_channels"):
-            PHMDiffDenoiser(conv_channels=(12, 16))  # 12 is no multiple of 8 groups
+            PHMDiffDenoiser(conv_channels=(12, 16), hourglass_norm="group")  # 12 is no multiple of 8 groups
+        with self.assertRaisesRegex(ValueError, "hourglass_norm"):
+            PHMDiffDenoiser(hourglass_norm="batch")
         with self.assertRaisesRegex(ValueError, "depth"):
             PHMDiffDenoiser(depth=-1)
 
     def test_position_embedding_cache(self):
         net = _tiny_denoiser(2)
-        a = net.position_embedding([5, 6], torch.device("cpu"), torch.float32)
-        self.assertIs(a, net.position_embedding([5, 6], torch.device("cpu"), torch.float32))
+        a = net.position_embedding([5, 6], torch.device("cpu"), torch.float32, [0, 0])
+        self.assertIs(a, net.position_embedding([5, 6], torch.device("cpu"), torch.float32, [0, 0]))
         self.assertEqual(tuple(a.shape), (1, 30, net.hidden_size))
+        shifted = net.position_embedding([5, 6], torch.device("cpu"), torch.float32, [1, 2])
+        self.assertFalse(torch.equal(a, shifted))  # the offset is part of the cache key
 
     def test_ill_level_and_ratio(self):
         net = _tiny_denoiser(2)

@@ -17,7 +17,7 @@ from custom.data import load_mni152
 from custom.engines import PHMDiffPrepareBatch
 from custom.inferers import PHMDiffTrainingInferer
 from custom.losses import PHMDiffLoss
-from custom.networks.layers import ImagePyramid, PyramidUpsample
+from custom.networks.layers import ImagePyramid, PyramidUpsample, pad_to_multiple
 from custom.networks.nets import LevelOutput, PHMDiffSynthesizer
 from test_phmdiff_networks import randomise_zero_layers
 
@@ -114,6 +114,46 @@ class TestTrainingInferer(unittest.TestCase):
         torch.manual_seed(5)
         self.assertTrue(torch.equal(high_noise, net._training_timesteps(4, 2.0, torch.device("cpu"))))
 
+    def test_crop_training(self):
+        """crop_size: the finest level trains on one window per batch, cut from the padded image at a multiple of the
+        token stride, with its tokens' position embedding in the whole image; the coarser levels stay whole; a window
+        as large as the image is the whole-image pass, draw for draw."""
+        torch.manual_seed(0)
+        net = PHMDiffSynthesizer(preset="T", prediction_type="sample", hourglass_norm="channel")
+        stride = net.denoiser.token_stride(0)
+        source, target = torch.rand(2, 1, 37, 45) * 2 - 1, torch.rand(2, 1, 37, 45) * 2 - 1
+        offsets = []
+        net.denoiser.register_forward_pre_hook(lambda _m, args: offsets.append(args[4]) if args[2] == 0 else None)
+        out = PHMDiffTrainingInferer(crop_size=(2 * stride, 3 * stride))(source, net, target=target)
+        self.assertEqual(tuple(out[0].prediction.shape), (2, 1, 2 * stride, 3 * stride))
+        self.assertEqual(tuple(out[0].keep_mask.shape), (2, 1, 2 * stride, 3 * stride))
+        self.assertEqual(tuple(out[1].prediction.shape), (2, 1, 19, 23))  # the coarser levels are whole
+        padded = pad_to_multiple(target, [stride, stride])
+        row, col = offsets[0]
+        window = padded[:, :, row * stride : (row + 2) * stride, col * stride : (col + 3) * stride]
+        torch.testing.assert_close(out[0].regression_target, window, atol=1e-4, rtol=1e-4)  # x0 prediction: the window
+        PHMDiffLoss()(out, target).backward()
+        self.assertGreater(float(net.denoiser.head[-1].weight.grad.abs().sum()), 0.0)
+
+        seen = set()
+        crop = [padded.shape[2] - 2 * stride, padded.shape[3] - 2 * stride]  # 3 aligned positions per axis
+        for seed in range(60):  # every aligned window position is drawn, and only those
+            torch.manual_seed(seed)
+            offsets.clear()
+            net.training_outputs(source, target, crop_size=crop)
+            seen.add(tuple(offsets[0]))
+        self.assertEqual(seen, {(r, c) for r in range(3) for c in range(3)})
+
+        for crop in (None, 100 * stride):
+            torch.manual_seed(4)
+            records = net.training_outputs(source, target, crop_size=crop)
+            if crop is None:
+                whole = records
+        for a, b in zip(whole, records):
+            self.assertTrue(torch.equal(a.prediction, b.prediction))
+        with self.assertWarnsRegex(UserWarning, "hourglass_norm='channel'"):  # group norm sees other statistics
+            PHMDiffSynthesizer(preset="T").training_outputs(source, target, crop_size=2 * stride)
+
     def test_ill_arguments(self):
         for power in (0.0, -1.0, float("nan"), float("inf"), "2"):
             with self.assertRaisesRegex(ValueError, "timestep_power"):
@@ -124,9 +164,16 @@ class TestTrainingInferer(unittest.TestCase):
             PHMDiffTrainingInferer(mask_ratio=1.0)
         with self.assertRaisesRegex(ValueError, "prior_noise_std"):
             PHMDiffTrainingInferer(prior_noise_std=-1.0)
+        for crop in (0, -8, 8.5, True, [], [8, 0]):
+            with self.assertRaisesRegex(ValueError, "crop_size"):
+                PHMDiffTrainingInferer(crop_size=crop)
         net, image = PHMDiffSynthesizer(preset="T", num_levels=2), torch.zeros(1, 1, 16, 16)
         with self.assertRaisesRegex(ValueError, "mask_ratio"):  # the network checks the same options per call
             net.training_outputs(image, image, mask_ratio=(0.5, 1.0))
+        with self.assertRaisesRegex(ValueError, "crop_size must have 1 or 2 entries"):
+            net.training_outputs(image, image, crop_size=(8, 8, 8))
+        with self.assertRaisesRegex(ValueError, "multiples of the finest level's token stride"):
+            net.training_outputs(image, image, crop_size=net.denoiser.token_stride(0) + 1)
         with self.assertRaisesRegex(ValueError, "share batch and spatial size"):
             PHMDiffTrainingInferer()(image, net, target=torch.zeros(1, 1, 16, 12))
         with self.assertRaisesRegex(TypeError, "PHMDiffSynthesizer"):

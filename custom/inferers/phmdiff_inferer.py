@@ -30,6 +30,9 @@ class PHMDiffTrainingInferer(Inferer):
             or "target" (the down-sampled ground truth): where the finer levels' priors come from.
         timestep_power: k in the training timesteps t = T − 1 − ⌊T·uᵏ⌋, u ~ U[0, 1); 1 (default) is uniform, larger
             values draw high-noise timesteps more often.
+        crop_size: train the finest level on a random window of this many pixels (one value or one per dimension,
+            multiples of the finest token stride) while the coarser levels see the whole image; None (default): the
+            whole image.
 
     Returns (``__call__``):
         a list of :class:`custom.networks.nets.LevelOutput`, one per level, finest first (``outputs[ℓ].level == ℓ``):
@@ -49,9 +52,11 @@ class PHMDiffTrainingInferer(Inferer):
         prior_noise_std: float = 0.1,
         prior_source: str = "model",
         timestep_power: float = 1.0,
+        crop_size: Sequence[int] | int | None = None,
     ) -> None:
         super().__init__()
-        PHMDiffSynthesizer.check_training_options(mask_ratio, prior_noise_std, prior_source, timestep_power)
+        PHMDiffSynthesizer.check_training_options(mask_ratio, prior_noise_std, prior_source, timestep_power, crop_size)
+        self.crop_size = crop_size
         self.prior_source = prior_source
         self.mask_ratio = mask_ratio
         self.prior_noise_std = prior_noise_std
@@ -72,5 +77,11 @@ class PHMDiffTrainingInferer(Inferer):
                 f"network must be a PHMDiffSynthesizer (or wrap one as .module), got {type(synth).__name__}."
             )
         return synth.training_outputs(
-            inputs, target, self.mask_ratio, self.prior_noise_std, self.prior_source, self.timestep_power
+            inputs,
+            target,
+            self.mask_ratio,
+            self.prior_noise_std,
+            self.prior_source,
+            self.timestep_power,
+            self.crop_size,
         )

@@ -146,6 +146,7 @@ def sincos_position_embedding(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
     temperature: float = 10000.0,
+    offset: list[int] | None = None,
 ) -> torch.Tensor:
     """
     Fixed sin-cos position embedding of a 2-D or 3-D token grid, laid out exactly as MONAI's
@@ -159,6 +160,8 @@ def sincos_position_embedding(
         device: output device.
         dtype: output dtype.
         temperature: frequency base.
+        offset: grid coordinates of the first token per dimension (default 0): the embedding of a window of a
+            larger grid, equal to those rows of the larger grid's embedding.
 
     Returns:
         tensor of shape (1, prod(grid_size), embed_dim).
@@ -169,7 +172,8 @@ def sincos_position_embedding(
     pos_dim = embed_dim // (2 * nd)
     omega = torch.arange(pos_dim, dtype=torch.float32, device=device) / pos_dim
     omega = 1.0 / (temperature**omega)  # (P,)
-    axes = [torch.arange(g, dtype=torch.float32, device=device) for g in grid_size]
+    start = [0] * nd if offset is None else offset
+    axes = [torch.arange(start[i], start[i] + grid_size[i], dtype=torch.float32, device=device) for i in range(nd)]
     coords = torch.meshgrid(axes, indexing="ij")
     order = [1, 0] if nd == 2 else [1, 0, 2]  # MONAI's (w, h[, d]) order
     parts: list[torch.Tensor] = []

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from .diffusion import PREDICTION_TYPES, convert_prediction, counter_normal
+from .normalization import ChannelLayerNorm
 from .pyramid import ImagePyramid, PyramidDownsample, PyramidUpsample, crop_to_size, pad_to_multiple
 
 __all__ = [
     "PREDICTION_TYPES",
     "convert_prediction",
     "counter_normal",
+    "ChannelLayerNorm",
     "ImagePyramid",
     "PyramidDownsample",
     "PyramidUpsample",

@@ -8,6 +8,7 @@ the noised, masked training pass over the same pyramid).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -16,12 +17,13 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 from monai.networks.schedulers import DDIMScheduler
-from monai.utils import ensure_tuple_rep
+from monai.utils import ensure_tuple, ensure_tuple_rep
 from torch import nn
 
 from custom.networks.blocks.dit import DiTBlock, FinalLayer, TimestepEmbedder, sincos_position_embedding
 from custom.networks.blocks.masking import num_kept_tokens, random_masking, restore_tokens
 from custom.networks.layers.diffusion import PREDICTION_TYPES, convert_prediction, counter_normal
+from custom.networks.layers.normalization import ChannelLayerNorm
 from custom.networks.layers.pyramid import ImagePyramid, PyramidUpsample, crop_to_size, pad_to_multiple
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
 #################################################################################
 #                                  The denoiser                                 #
 #################################################################################
+
+HOURGLASS_NORMS = ("group", "channel")  # normalisation in the hourglass's residual blocks and head
 
 
 class PHMDiffDenoiser(nn.Module):
@@ -77,7 +81,11 @@ class PHMDiffDenoiser(nn.Module):
         pad_mode: padding mode up to a multiple of the token stride ("replicate", "reflect" or "constant").
         conv_channels: channels of the hourglass stages, full resolution first; each further stage halves the
             resolution, so the token stride is ``patch_size * 2 ** (len(conv_channels) - 1)``. Empty: plain DiT.
-        norm_num_groups: groups of the hourglass's group norms (must divide every entry of ``conv_channels``).
+        norm_num_groups: groups of the hourglass's group norms (must divide every entry of ``conv_channels``; unused
+            with ``hourglass_norm="channel"``).
+        hourglass_norm: normalisation in the hourglass's residual blocks and head: "group" (default, MONAI's group
+            norm) or "channel" (:class:`~custom.networks.layers.ChannelLayerNorm`, over each voxel's channels, so a
+            voxel's features do not depend on the rest of the image: what training on crops needs).
 
     Returns (``forward``):
         ``(prediction, keep_mask, features)``: the prediction (B, out_channels, *spatial); a float mask
@@ -111,6 +119,7 @@ class PHMDiffDenoiser(nn.Module):
         pad_mode: str = "replicate",
         conv_channels: Sequence[int] = (32, 64),
         norm_num_groups: int = 8,
+        hourglass_norm: str = "group",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -128,7 +137,11 @@ class PHMDiffDenoiser(nn.Module):
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}.")
         if pad_mode not in ("replicate", "reflect", "constant"):
             raise ValueError(f"pad_mode must be 'replicate', 'reflect' or 'constant', got {pad_mode!r}.")
+        if hourglass_norm not in HOURGLASS_NORMS:
+            raise ValueError(f"hourglass_norm must be one of {HOURGLASS_NORMS}, got {hourglass_norm!r}.")
         channels = [int(c) for c in conv_channels]
+        if hourglass_norm == "channel":
+            norm_num_groups = 1  # MONAI's blocks build group norms, replaced below
         if norm_num_groups < 1 or any(c < 1 or c % norm_num_groups for c in channels):
             raise ValueError(
                 f"conv_channels must be positive multiples of norm_num_groups={norm_num_groups}, got {conv_channels}."
@@ -194,6 +207,13 @@ class PHMDiffDenoiser(nn.Module):
             [FinalLayer(hidden_size, p**spatial_dims * token_channels) for p in self.patch_sizes]
         )
         self.token_channels = token_channels
+        self.hourglass_norm = hourglass_norm
+        if hourglass_norm == "channel":  # per-voxel statistics: a crop in training sees what the whole image sees
+            for block in list(self.encoder) + list(self.decoder):
+                block.norm1 = ChannelLayerNorm(block.norm1.num_channels)
+                block.norm2 = ChannelLayerNorm(block.norm2.num_channels)
+            if len(self.head) > 0:
+                self.head[0] = ChannelLayerNorm(channels[0])
         self._pos_cache: Dict[str, torch.Tensor] = {}
         self.initialize_weights()
 
@@ -227,12 +247,15 @@ class PHMDiffDenoiser(nn.Module):
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
 
-    def position_embedding(self, grid: List[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Fixed sin-cos embedding (1, prod(grid), D) of a token grid, cached per grid, device and dtype."""
-        key = f"{grid}|{device}|{dtype}"
+    def position_embedding(
+        self, grid: List[int], device: torch.device, dtype: torch.dtype, offset: List[int]
+    ) -> torch.Tensor:
+        """Fixed sin-cos embedding (1, prod(grid), D) of a token grid whose first token sits at grid coordinates
+        ``offset``, cached per grid, offset, device and dtype."""
+        key = f"{grid}|{offset}|{device}|{dtype}"
         if key not in self._pos_cache:
             with torch.no_grad():
-                self._pos_cache[key] = sincos_position_embedding(grid, self.hidden_size, device, dtype)
+                self._pos_cache[key] = sincos_position_embedding(grid, self.hidden_size, device, dtype, offset=offset)
         return self._pos_cache[key]
 
     def token_stride(self, level: int) -> int:
@@ -267,7 +290,12 @@ class PHMDiffDenoiser(nn.Module):
         return x.reshape([b, self.token_channels] + [g * patch for g in grid])  # (B, C, *grid * p)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, level: int = 0, mask_ratio: float = 0.0
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        level: int = 0,
+        mask_ratio: float = 0.0,
+        grid_offset: Optional[List[int]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -275,6 +303,9 @@ class PHMDiffDenoiser(nn.Module):
             t: diffusion timesteps (B,).
             level: pyramid level, 0 = finest.
             mask_ratio: fraction r in [0, 1) of tokens dropped before the encoder (0 at inference).
+            grid_offset: when ``x`` is a window of a larger image (crop training), the token-grid coordinates of its
+                first token in that image, so its tokens get the position embedding they have in the whole image;
+                default 0 (``x`` is the whole image).
         """
         if level < 0 or level >= self.num_levels:
             raise ValueError(f"level must be in [0, {self.num_levels}), got {level}.")
@@ -296,7 +327,8 @@ class PHMDiffDenoiser(nn.Module):
             skips.append(h)
 
         tokens = self._embed(h, level).flatten(2).transpose(1, 2)  # (B, N, D)
-        pos = self.position_embedding(grid, tokens.device, tokens.dtype)  # (1, N, D)
+        offset = [0] * self.spatial_dims if grid_offset is None else grid_offset
+        pos = self.position_embedding(grid, tokens.device, tokens.dtype, offset)  # (1, N, D)
         tokens = tokens + pos  # (B, N, D)
 
         n = tokens.shape[1]
@@ -470,6 +502,7 @@ class PHMDiffSynthesizer(nn.Module):
             augmentation, Ho et al. 2021); default 0. Training does not use it: :meth:`training_outputs` takes its
             own ``prior_noise_std``, the upper end of the std it draws per sample.
         pad_mode: padding mode for level sizes that are not a multiple of their token stride; default "replicate".
+        hourglass_norm: "group" (default) or "channel": the hourglass's normalisation (see :class:`PHMDiffDenoiser`).
 
     Example::
 
@@ -504,6 +537,7 @@ class PHMDiffSynthesizer(nn.Module):
         clip_sample: bool = True,
         prior_noise_std: float = 0.0,
         pad_mode: str = "replicate",
+        hourglass_norm: str = "group",
     ) -> None:
         super().__init__()
         if preset not in PHMDIFF_PRESETS:
@@ -532,6 +566,7 @@ class PHMDiffSynthesizer(nn.Module):
             mlp_ratio=mlp_ratio,
             conv_channels=conv_channels,
             pad_mode=pad_mode,
+            hourglass_norm=hourglass_norm,
         )
         self.spatial_dims = spatial_dims
         self.out_channels = out_channels
@@ -598,10 +633,19 @@ class PHMDiffSynthesizer(nn.Module):
 
     @staticmethod
     def check_training_options(
-        mask_ratio: Sequence[float] | float, prior_noise_std: float, prior_source: str, timestep_power: float = 1.0
+        mask_ratio: Sequence[float] | float,
+        prior_noise_std: float,
+        prior_source: str,
+        timestep_power: float = 1.0,
+        crop_size: Sequence[int] | int | None = None,
     ) -> None:
         """Raise ``ValueError`` for options :meth:`training_outputs` does not take (callers may check them early, as
-        the training inferer does at construction)."""
+        the training inferer does at construction; whether ``crop_size`` fits the token stride is checked by
+        :meth:`training_outputs`, which knows the network)."""
+        if crop_size is not None:
+            sizes = crop_size if isinstance(crop_size, Sequence) else [crop_size]
+            if len(sizes) == 0 or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in sizes):
+                raise ValueError(f"crop_size must be None or positive integers (one or one per axis), got {crop_size}.")
         if not (isinstance(timestep_power, (int, float)) and math.isfinite(timestep_power) and timestep_power > 0):
             raise ValueError(f"timestep_power must be a finite number > 0, got {timestep_power}.")
         if prior_source not in PRIOR_SOURCES:
@@ -620,6 +664,7 @@ class PHMDiffSynthesizer(nn.Module):
         prior_noise_std: float = 0.1,
         prior_source: str = "model",
         timestep_power: float = 1.0,
+        crop_size: Sequence[int] | int | None = None,
     ) -> List[LevelOutput]:
         """
         One training pass of PHMDiff (arXiv 2507.16579): one noised, masked denoising pass per pyramid level, with
@@ -650,6 +695,17 @@ class PHMDiffSynthesizer(nn.Module):
             timestep_power: k in t = T − 1 − ⌊T·uᵏ⌋, u ~ U[0, 1): 1 draws t uniformly (DDPM); k > 1 draws high-noise
                 timesteps more often (k = 2: 32% of draws in the noisiest tenth), where sampling starts and the
                 source alone must carry the image.
+            crop_size: train the finest level on a random window of this size (pixels, one value or one per
+                dimension, multiples of ``denoiser.token_stride(0)``) instead of the whole image, as the
+                super-resolution stages of cascaded diffusion models are trained on crops (SR3, arXiv 2104.07636;
+                Patch Diffusion, arXiv 2304.12526): the coarser levels, whole, carry the global layout through the
+                prior, and the finest level, the costliest, refines locally. One window per batch, aligned to the token
+                grid of the whole (padded) image, whose position embedding its tokens get; None (default) or a size
+                at least the image's trains on the whole image. Sampling always runs on the whole image. Use it with
+                ``hourglass_norm="channel"``: group norm's statistics differ between a window and the whole slice
+                (a warning says so). A window may hold up to stride − 1 rows of the replicate padding that the
+                denoiser adds at inference too, and the MMD then compares the window's pooled features with the
+                whole coarser level's.
 
         Returns:
             one :class:`LevelOutput` per level, finest first (``outputs[ℓ].level == ℓ``, the order of
@@ -660,8 +716,21 @@ class PHMDiffSynthesizer(nn.Module):
             >>> outputs = synth.training_outputs(source, target, mask_ratio=0.5)  # finest first
             >>> loss = PHMDiffLoss()(outputs, target)
         """
-        self.check_training_options(mask_ratio, prior_noise_std, prior_source, timestep_power)
+        self.check_training_options(mask_ratio, prior_noise_std, prior_source, timestep_power, crop_size)
         ratios = ensure_tuple_rep(mask_ratio, self.num_levels)
+        stride = self.denoiser.token_stride(0)
+        window = None if crop_size is None else [int(c) for c in ensure_tuple(crop_size)]
+        if window is not None and len(window) == 1:
+            window = window * self.spatial_dims
+        if window is not None and len(window) != self.spatial_dims:
+            raise ValueError(f"crop_size must have 1 or {self.spatial_dims} entries, got {crop_size}.")
+        if window is not None and self.denoiser.hourglass_norm == "group":
+            warnings.warn(
+                "crop_size with hourglass_norm='group': the group norm's statistics differ between a window "
+                "and the whole image, which training on windows does not see; use hourglass_norm='channel'."
+            )
+        if window is not None and any(c % stride for c in window):
+            raise ValueError(f"crop_size must hold multiples of the finest level's token stride {stride}: {crop_size}.")
         if source.shape[2:] != target.shape[2:] or source.shape[0] != target.shape[0]:
             raise ValueError(
                 f"source and target must share batch and spatial size, got {source.shape}, {target.shape}."
@@ -682,12 +751,16 @@ class PHMDiffSynthesizer(nn.Module):
                 prior = prior + std * torch.randn_like(prior)
             else:
                 prior = torch.zeros_like(x0)
+            src = sources[level]
+            grid_offset: Optional[List[int]] = None
+            if level == 0 and window is not None:
+                x0, src, prior, grid_offset = self._random_window([x0, src, prior], window, stride)
             t = self._training_timesteps(b, timestep_power, x0.device)  # (B,)
             noise = torch.randn_like(x0)
             a_t = alphas[t].reshape(view)  # (B, 1, ...)
             x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise  # (B, C, *S_l)
             pred, mask, features = self.denoiser(
-                torch.cat([x_t, sources[level], prior], dim=1), t, level, float(ratios[level])
+                torch.cat([x_t, src, prior], dim=1), t, level, float(ratios[level]), grid_offset
             )
             # the model's own clean estimate, detached: the next level's prior, made as sampling makes it
             estimate = convert_prediction(pred.detach(), x_t, a_t, self.prediction_type, "sample")
@@ -696,6 +769,25 @@ class PHMDiffSynthesizer(nn.Module):
             regression_target = convert_prediction(noise, x_t, a_t, "epsilon", self.prediction_type)
             outputs.append(LevelOutput(level, pred, regression_target, mask, features, t))
         return outputs[::-1]
+
+    def _random_window(
+        self, images: List[torch.Tensor], window: List[int], stride: int
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[List[int]]]:
+        """The same random window of ``images`` (x₀, source, prior), aligned to the token grid of the whole image
+        padded as the denoiser pads it, and the window's token-grid offset; the images whole (offset None) when the
+        window covers them."""
+        padded = [math.ceil(s / stride) * stride for s in images[0].shape[2:]]
+        size = [min(w, p) for w, p in zip(window, padded)]
+        if size == padded:
+            return images[0], images[1], images[2], None
+        offset = [int(torch.randint(0, (p - w) // stride + 1, ())) for p, w in zip(padded, size)]
+        crops = []
+        for image in images:
+            image = pad_to_multiple(image, [stride] * self.spatial_dims, self.denoiser.pad_mode)
+            for axis in range(self.spatial_dims):
+                image = image.narrow(2 + axis, offset[axis] * stride, size[axis])
+            crops.append(image)
+        return crops[0], crops[1], crops[2], offset
 
     def _training_timesteps(self, batch: int, power: float, device: torch.device) -> torch.Tensor:
         """Integer timesteps (B,) in [0, T): t = T − 1 − ⌊T·uᵏ⌋; k = 1 keeps ``torch.randint``'s draws."""
