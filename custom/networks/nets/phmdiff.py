@@ -719,18 +719,21 @@ class PHMDiffSynthesizer(nn.Module):
         self.check_training_options(mask_ratio, prior_noise_std, prior_source, timestep_power, crop_size)
         ratios = ensure_tuple_rep(mask_ratio, self.num_levels)
         stride = self.denoiser.token_stride(0)
-        window = None if crop_size is None else [int(c) for c in ensure_tuple(crop_size)]
-        if window is not None and len(window) == 1:
-            window = window * self.spatial_dims
-        if window is not None and len(window) != self.spatial_dims:
-            raise ValueError(f"crop_size must have 1 or {self.spatial_dims} entries, got {crop_size}.")
-        if window is not None and self.denoiser.hourglass_norm == "group":
-            warnings.warn(
-                "crop_size with hourglass_norm='group': the group norm's statistics differ between a window "
-                "and the whole image, which training on windows does not see; use hourglass_norm='channel'."
-            )
-        if window is not None and any(c % stride for c in window):
-            raise ValueError(f"crop_size must hold multiples of the finest level's token stride {stride}: {crop_size}.")
+        window: Optional[List[int]] = None
+        if crop_size is not None:
+            window = [int(c) for c in ensure_tuple(crop_size)]
+            window = window * self.spatial_dims if len(window) == 1 else window
+            if len(window) != self.spatial_dims:
+                raise ValueError(f"crop_size must have 1 or {self.spatial_dims} entries, got {crop_size}.")
+            if any(c % stride for c in window):
+                raise ValueError(
+                    f"crop_size must hold multiples of the finest level's token stride {stride}: {crop_size}."
+                )
+            if self.denoiser.hourglass_norm == "group":
+                warnings.warn(
+                    "crop_size with hourglass_norm='group': the group norm's statistics differ between a window "
+                    "and the whole image, which training on windows does not see; use hourglass_norm='channel'."
+                )
         if source.shape[2:] != target.shape[2:] or source.shape[0] != target.shape[0]:
             raise ValueError(
                 f"source and target must share batch and spatial size, got {source.shape}, {target.shape}."
