@@ -106,6 +106,9 @@ def bundle_learning_rate() -> float:
 
 # The baselines' learning rate: that of their first benchmark (bundle 0.1.x), kept when the bundle's changed.
 BASELINE_LEARNING_RATE = 2e-4
+# the hourglass at half resolution (a 2x pixel-unshuffle stem, stages at 1/2 and 1/4) with the S preset's token
+# stride 8, so that blockiness is measured on its token grid too (finest_token_stride is the bundle's)
+PIXEL_UNSHUFFLE = {"pixel_unshuffle": 2, "conv_channels": [16, 32]}
 
 
 def bundle_component(config_id: str, **overrides):

@@ -72,6 +72,12 @@ PHMDIFF_ROWS = {
     "phmdiff_uniform_t": {"inferer": {"timestep_power": 1.0}},
     "phmdiff_channel_norm": {"network": {"hourglass_norm": "channel"}},
     "phmdiff_crop64": {"network": {"hourglass_norm": "channel"}, "inferer": {"crop_size": 64}},  # 64x64 finest windows
+    # the hourglass at half resolution: a 2x pixel-unshuffle stem and a pixel-shuffle head
+    "phmdiff_pixel_unshuffle": {"network": dict(bc.PIXEL_UNSHUFFLE)},
+    "phmdiff_pixel_unshuffle_crop64": {
+        "network": {**bc.PIXEL_UNSHUFFLE, "hourglass_norm": "channel"},
+        "inferer": {"crop_size": 64},
+    },
     "dit_single_level": {
         "network": {**PLAIN_DIT, "num_levels": 1, "patch_size": [8]},
         "inferer": {"mask_ratio": 0.0, "timestep_power": 1.0, "crop_size": None},
@@ -378,8 +384,17 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(LEARNED_ROWS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shipped", default=str(bc.ROOT / "bundle" / "models" / "model.pt"))
+    parser.add_argument(
+        "--shipped-network",
+        type=json.loads,
+        default={},
+        help="JSON overrides of inference.json's network_def that the --shipped checkpoint was trained with, "
+        'e.g. \'{"hourglass_norm": "channel"}\'',
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if not isinstance(args.shipped_network, dict):
+        parser.error(f"--shipped-network must be a JSON object, got {args.shipped_network!r}")
     wall = time.perf_counter()
 
     dataset_dir = demo_dataset_dir()
@@ -442,13 +457,14 @@ def main() -> None:
 
     shipped = Path(args.shipped)
     if shipped.is_file():
-        synth = bc.PHMDiffSynthesizer(**bc.bundle_network_config(bc.INFER_CONFIG))
+        network = {**bc.bundle_network_config(bc.INFER_CONFIG), **args.shipped_network}
+        synth = bc.PHMDiffSynthesizer(**network)
         synth.load_state_dict(torch.load(shipped, map_location="cpu", weights_only=True))
         step = bc.PHMDiffStep(synth)
         preds = predict_all(step, subjects, seed=0)
         row = {
             "checkpoint": str(shipped),
-            "network": bc.bundle_network_config(bc.INFER_CONFIG),
+            "network": network,
             **score(preds, subjects),
         }
         row.update(sampling_modes(step, subjects, preds, args.mean_seeds))

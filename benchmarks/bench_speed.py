@@ -59,10 +59,11 @@ def step_flops(setup) -> float:
     return float(counter.get_total_flops())
 
 
-def hourglass_share() -> dict:
-    """Share of the bundle denoiser's convolutional hourglass (stem, encoder, decoder, head) in its parameters and in
-    the FLOPs of one unmasked forward pass at 99x117 (FlopCounterMode's per-module counts)."""
-    den = bc.make_phmdiff().denoiser
+def hourglass_share(**network) -> dict:
+    """Share of the convolutional hourglass (stem, encoder, decoder, head) of the bundle's denoiser, with ``network``
+    overriding its arguments, in its parameters and in the FLOPs of one unmasked forward pass at 99x117
+    (FlopCounterMode's per-module counts)."""
+    den = bc.make_phmdiff(**network).denoiser
     parts = ("stem", "encoder", "decoder", "head")
     with FlopCounterMode(den, display=False) as counter:
         den(torch.rand(1, 3, *bc.DEMO_SIZE), torch.tensor([500]), 0, 0.0)
@@ -349,28 +350,34 @@ def part_rss_train(quick: bool) -> dict:
 
 
 def part_whatif(quick: bool) -> dict:
-    """Why the masking and GEMM-efficiency goals are (not) reached: the masking speed-up of other mask ratios and
-    decoder depths (measured, with its FLOP ratio), and the GEMM throughput at the shapes the S preset runs."""
+    """Why the masking and GEMM-efficiency goals are (not) reached: the masking speed-up of other mask ratios,
+    decoder depths and of the pixel-unshuffle hourglass (measured, with its FLOP ratio), and the GEMM throughput at
+    the shapes the S preset runs."""
     torch.manual_seed(0)
     depth = len(bc.make_phmdiff().denoiser.blocks)
-    variants = {"r0.5_dec1 (bundle)": (0.5, 1), "r0.75_dec1": (0.75, 1), "r0.5_dec2": (0.5, 2), "r0.5_dec0": (0.5, 0)}
-    setups = {}
-    for name, (ratio, dec) in variants.items():
-        base = bc.make_phmdiff(decoder_depth=dec)
-        full = bc.make_phmdiff(decoder_depth=dec)
-        full.load_state_dict(base.state_dict())
-        setups[f"{name} masked"] = bc.PHMDiffStep(base, inferer_overrides={"mask_ratio": ratio})
-        setups[f"{name} r=0"] = bc.PHMDiffStep(full, inferer_overrides={"mask_ratio": 0.0})
-    unique = {
-        k: v
-        for k, v in setups.items()
-        if not (k.endswith("r=0") and not k.startswith(("r0.5_dec1", "r0.5_dec2", "r0.5_dec0")))
+    variants = {  # name: (mask ratio, network overrides, decoder_depth always given)
+        "r0.5_dec1 (bundle)": (0.5, {"decoder_depth": 1}),
+        "r0.75_dec1": (0.75, {"decoder_depth": 1}),
+        "r0.5_dec2": (0.5, {"decoder_depth": 2}),
+        "r0.5_dec0": (0.5, {"decoder_depth": 0}),
+        "r0.5_dec1_pixel_unshuffle": (0.5, {"decoder_depth": 1, **bc.PIXEL_UNSHUFFLE}),
     }
-    step = bc.round_robin(unique, warmup=1, repeats=3 if quick else 7)
-    flops = {k: step_flops(s) for k, s in unique.items()}
+    setups, unmasked = {}, {}  # unmasked: one r=0 setup per distinct network, named after its first variant
+    for name, (ratio, network) in variants.items():
+        base = bc.make_phmdiff(**network)
+        setups[f"{name} masked"] = bc.PHMDiffStep(base, inferer_overrides={"mask_ratio": ratio})
+        key = json.dumps(network, sort_keys=True)
+        if key not in unmasked:
+            unmasked[key] = f"{name} r=0"
+            full = bc.make_phmdiff(**network)
+            full.load_state_dict(base.state_dict())
+            setups[unmasked[key]] = bc.PHMDiffStep(full, inferer_overrides={"mask_ratio": 0.0})
+    step = bc.round_robin(setups, warmup=1, repeats=3 if quick else 7)
+    flops = {k: step_flops(s) for k, s in setups.items()}
     masking = {}
-    for name, (ratio, dec) in variants.items():
-        nomask = next(k for k in unique if k.endswith("r=0") and k.split(" ")[0].endswith(f"dec{dec}"))
+    for name, (ratio, network) in variants.items():
+        nomask = unmasked[json.dumps(network, sort_keys=True)]
+        dec = network["decoder_depth"]
         masking[name] = {
             "speedup_measured": step[nomask] / step[f"{name} masked"],
             "flop_ratio": flops[nomask] / flops[f"{name} masked"],
@@ -400,6 +407,7 @@ def part_whatif(quick: bool) -> dict:
         "masking": masking,
         "gemm_gflops_at_model_shapes": gemm,
         "hourglass_share": hourglass_share(),
+        "hourglass_share_pixel_unshuffle": hourglass_share(**bc.PIXEL_UNSHUFFLE),
         "load_average": bc.load_average(),
     }
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from monai.networks import eval_mode
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+from monai.networks.utils import pixelshuffle, pixelunshuffle
 from parameterized import parameterized
 
 from custom.networks.blocks import num_kept_tokens, random_masking, restore_tokens, sincos_position_embedding
@@ -20,6 +21,8 @@ from custom.networks.layers import (
     counter_normal,
     crop_to_size,
     pad_to_multiple,
+    depth_to_space,
+    space_to_depth,
 )
 from custom.networks.nets import PHMDIFF_PRESETS, PHMDiffDenoiser, PHMDiffSynthesizer
 
@@ -33,6 +36,8 @@ SHAPE_CASES = [
     [{"spatial_dims": 2, "patch_size": (4, 2, 2), **TINY}, (1, 1, 99, 117)],
     [{"spatial_dims": 3, "patch_size": 2, **TINY}, (1, 1, 48, 40, 32)],
     [{"spatial_dims": 3, "patch_size": 2, "num_levels": 2, **TINY}, (2, 1, 27, 33, 21)],
+    [{"spatial_dims": 2, "pixel_unshuffle": 2, **TINY}, (1, 1, 99, 117)],
+    [{"spatial_dims": 3, "patch_size": 1, "pixel_unshuffle": 2, **TINY}, (1, 1, 27, 33, 21)],
 ]
 
 # (constructor kwargs, name that the ValueError must mention)
@@ -49,6 +54,9 @@ ILL_CASES = [
     [{"in_channels": 0}, "in_channels"],
     [{"eta": -1.0}, "eta"],
     [{"pad_mode": "wrap"}, "pad_mode"],
+    [{"pixel_unshuffle": 0}, "pixel_unshuffle"],
+    [{"pixel_unshuffle": 2.5}, "pixel_unshuffle"],
+    [{"pixel_unshuffle": 2, "conv_channels": ()}, "pixel_unshuffle"],
 ]
 
 DENOISER_CASES = [
@@ -101,6 +109,21 @@ class TestPyramid(unittest.TestCase):
         padded = pad_to_multiple(x, [16, 16])
         self.assertEqual(tuple(padded.shape[2:]), (112, 128))
         self.assertTrue(torch.equal(crop_to_size(padded, [99, 117]), x))
+
+    @parameterized.expand([[(2, 3, 8, 6), 2], [(1, 2, 4, 6, 8), 2], [(1, 1, 9, 6), 3]])
+    def test_space_to_depth_is_monais_pixel_unshuffle(self, shape, factor):
+        """MONAI's pixel (un)shuffle, in a form TorchScript compiles."""
+        x = torch.randn(shape)
+        folded = space_to_depth(x, factor)
+        self.assertTrue(torch.equal(folded, pixelunshuffle(x, len(shape) - 2, factor)))
+        self.assertTrue(torch.equal(depth_to_space(folded, factor), pixelshuffle(folded, len(shape) - 2, factor)))
+        self.assertTrue(torch.equal(depth_to_space(folded, factor), x))
+        self.assertTrue(torch.equal(torch.jit.script(space_to_depth)(x, factor), folded))
+        self.assertTrue(torch.equal(torch.jit.script(depth_to_space)(folded, factor), x))
+        with self.assertRaisesRegex(ValueError, "multiples of factor"):
+            space_to_depth(torch.randn(1, 1, 7, 6), 2)
+        with self.assertRaisesRegex(ValueError, "multiple of factor"):
+            depth_to_space(torch.randn(1, 6, 4, 4), 2)
 
     def test_ill_arguments(self):
         with self.assertRaisesRegex(ValueError, "spatial_dims"):
@@ -192,6 +215,8 @@ class TestDenoiser(unittest.TestCase):
         self.assertEqual(_tiny_denoiser(2).token_stride(0), 4)
         net = PHMDiffDenoiser(conv_channels=(8, 16, 32), patch_size=(2, 1, 1), hidden_size=48, num_heads=2, depth=1)
         self.assertEqual([net.token_stride(level) for level in range(3)], [8, 4, 4])
+        folded = PHMDiffDenoiser(conv_channels=(8, 16), pixel_unshuffle=2, hidden_size=48, num_heads=2, depth=1)
+        self.assertEqual(folded.token_stride(0), 8)  # unshuffle 2 x one halving x patch 2
         plain = PHMDiffDenoiser(conv_channels=(), patch_size=8, hidden_size=48, num_heads=2, depth=1)
         self.assertEqual(plain.token_stride(0), 8)
         _, mask, _ = plain(torch.randn(1, 3, 32, 32), torch.tensor([5]), 0, 0.5)
@@ -334,9 +359,12 @@ class TestSynthesizer(unittest.TestCase):
         # a slice's synthesis does not depend on its batch (up to floating-point blocking of batched matmuls)
         torch.testing.assert_close(net(x[1:]), a[1:], atol=1e-4, rtol=1e-4)
 
-    @parameterized.expand([[2, (1, 1, 99, 117)], [3, (1, 1, 20, 18, 12)]])
-    def test_torchscript_round_trip(self, spatial_dims, shape):
+    @parameterized.expand(
+        [[2, (1, 1, 99, 117), 1], [3, (1, 1, 20, 18, 12), 1], [2, (1, 1, 45, 37), 2], [3, (1, 1, 20, 18, 12), 2]]
+    )
+    def test_torchscript_round_trip(self, spatial_dims, shape, unshuffle):
         kwargs = {**TINY, "spatial_dims": spatial_dims, "seed": 5, "eta": 0.5, "prior_noise_std": 0.05}
+        kwargs["pixel_unshuffle"] = unshuffle
         if spatial_dims == 3:
             kwargs["patch_size"] = 2
         net = _randomise_output_layers(PHMDiffSynthesizer(**kwargs)).eval()

@@ -114,12 +114,16 @@ class TestTrainingInferer(unittest.TestCase):
         torch.manual_seed(5)
         self.assertTrue(torch.equal(high_noise, net._training_timesteps(4, 2.0, torch.device("cpu"))))
 
-    def test_crop_training(self):
+    @parameterized.expand([[1], [2]])
+    def test_crop_training(self, unshuffle):
         """crop_size: the finest level trains on one window per batch, cut from the padded image at a multiple of the
         token stride, with its tokens' position embedding in the whole image; the coarser levels stay whole; a window
-        as large as the image is the whole-image pass, draw for draw."""
+        as large as the image is the whole-image pass, draw for draw. The same with the pixel-unshuffle hourglass,
+        whose token stride is twice the other's."""
         torch.manual_seed(0)
-        net = PHMDiffSynthesizer(preset="T", prediction_type="sample", hourglass_norm="channel")
+        net = PHMDiffSynthesizer(
+            preset="T", prediction_type="sample", hourglass_norm="channel", pixel_unshuffle=unshuffle
+        )
         stride = net.denoiser.token_stride(0)
         source, target = torch.rand(2, 1, 37, 45) * 2 - 1, torch.rand(2, 1, 37, 45) * 2 - 1
         offsets = []

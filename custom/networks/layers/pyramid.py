@@ -11,7 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["pad_to_multiple", "crop_to_size", "PyramidDownsample", "PyramidUpsample", "ImagePyramid"]
+__all__ = [
+    "pad_to_multiple",
+    "crop_to_size",
+    "space_to_depth",
+    "depth_to_space",
+    "PyramidDownsample",
+    "PyramidUpsample",
+    "ImagePyramid",
+]
 
 # binomial filter [1, 3, 3, 1] / 8: a stride-2 blur whose taps are centred on the half-resolution grid
 _BINOMIAL_4 = (0.125, 0.375, 0.375, 0.125)
@@ -49,6 +57,51 @@ def crop_to_size(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     for i in range(len(size)):
         x = x.narrow(2 + i, 0, size[i])
     return x
+
+
+def _power(base: int, exponent: int) -> int:
+    """``base ** exponent`` as an int (TorchScript's ``**`` of two ints is a float)."""
+    out = 1
+    for _ in range(exponent):
+        out *= base
+    return out
+
+
+def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Pixel unshuffle: fold each ``factor``-sided block of voxels of ``x`` (B, C, *spatial; sizes multiples of
+    ``factor``) into channels, (B, C * factor**d, *spatial / factor). In the channel order of torch's 2-D
+    ``F.pixel_unshuffle`` and MONAI's N-D ``monai.networks.utils.pixelunshuffle``, which TorchScript cannot compile."""
+    b, c = x.shape[0], x.shape[1]
+    spatial = list(x.shape[2:])
+    for s in spatial:
+        if s % factor != 0:
+            raise ValueError(
+                "space_to_depth: spatial sizes " + str(spatial) + " must be multiples of factor " + str(factor)
+            )
+    nd = len(spatial)
+    split = [b, c]
+    for s in spatial:
+        split += [s // factor, factor]
+    perm = [0, 1] + [3 + 2 * i for i in range(nd)] + [2 + 2 * i for i in range(nd)]
+    return x.reshape(split).permute(perm).reshape([b, c * _power(factor, nd)] + [s // factor for s in spatial])
+
+
+def depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Pixel shuffle, the inverse of :func:`space_to_depth`: (B, C * factor**d, *grid) to (B, C, *grid * factor)."""
+    b = x.shape[0]
+    grid = list(x.shape[2:])
+    nd = len(grid)
+    volume = _power(factor, nd)
+    if x.shape[1] % volume != 0:
+        raise ValueError(
+            "depth_to_space: channels " + str(x.shape[1]) + " must be a multiple of factor**dims " + str(volume)
+        )
+    c = x.shape[1] // volume
+    perm = [0, 1]
+    for i in range(nd):
+        perm += [2 + nd + i, 2 + i]
+    x = x.reshape([b, c] + [factor] * nd + grid).permute(perm)
+    return x.reshape([b, c] + [g * factor for g in grid])
 
 
 class PyramidDownsample(nn.Module):

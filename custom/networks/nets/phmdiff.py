@@ -24,7 +24,14 @@ from custom.networks.blocks.dit import DiTBlock, FinalLayer, TimestepEmbedder, s
 from custom.networks.blocks.masking import num_kept_tokens, random_masking, restore_tokens
 from custom.networks.layers.diffusion import PREDICTION_TYPES, convert_prediction, counter_normal
 from custom.networks.layers.normalization import ChannelLayerNorm
-from custom.networks.layers.pyramid import ImagePyramid, PyramidUpsample, crop_to_size, pad_to_multiple
+from custom.networks.layers.pyramid import (
+    ImagePyramid,
+    PyramidUpsample,
+    crop_to_size,
+    pad_to_multiple,
+    depth_to_space,
+    space_to_depth,
+)
 
 __all__ = [
     "LevelOutput",
@@ -79,13 +86,18 @@ class PHMDiffDenoiser(nn.Module):
         mlp_ratio: MLP width as a multiple of ``hidden_size``.
         frequency_embedding_size: sinusoidal features of the timestep embedding.
         pad_mode: padding mode up to a multiple of the token stride ("replicate", "reflect" or "constant").
-        conv_channels: channels of the hourglass stages, full resolution first; each further stage halves the
-            resolution, so the token stride is ``patch_size * 2 ** (len(conv_channels) - 1)``. Empty: plain DiT.
+        conv_channels: channels of the hourglass stages, full resolution (or 1 / ``pixel_unshuffle``) first; each
+            further stage halves the resolution, so the token stride is
+            ``pixel_unshuffle * patch_size * 2 ** (len(conv_channels) - 1)``. Empty: plain DiT.
         norm_num_groups: groups of the hourglass's group norms (must divide every entry of ``conv_channels``; unused
             with ``hourglass_norm="channel"``).
         hourglass_norm: normalisation in the hourglass's residual blocks and head: "group" (default, MONAI's group
             norm) or "channel" (:class:`~custom.networks.layers.ChannelLayerNorm`, over each voxel's channels, so a
             voxel's features do not depend on the rest of the image: what training on crops needs).
+        pixel_unshuffle: factor f of a pixel-unshuffle stem (Shi et al., arXiv 1609.05158): each f-sided block of
+            voxels becomes channels before the first convolution, and the head's output channels are shuffled back
+            into voxels, so the hourglass runs at 1/f of the resolution (f times the token stride) and still draws
+            every voxel. Default 1 (off); needs ``conv_channels``.
 
     Returns (``forward``):
         ``(prediction, keep_mask, features)``: the prediction (B, out_channels, *spatial); a float mask
@@ -120,6 +132,7 @@ class PHMDiffDenoiser(nn.Module):
         conv_channels: Sequence[int] = (32, 64),
         norm_num_groups: int = 8,
         hourglass_norm: str = "group",
+        pixel_unshuffle: int = 1,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -160,16 +173,25 @@ class PHMDiffDenoiser(nn.Module):
         distinct = sorted({int(p) for p in patches})
         self.patch_sizes: List[int] = [int(p) for p in distinct]  # one patch embedding / output layer per entry
         self.level_to_patch: List[int] = [distinct.index(int(p)) for p in patches]
-        self.downsampling = 2 ** (len(channels) - 1) if channels else 1  # hourglass stride before the patches
+        if isinstance(pixel_unshuffle, bool) or int(pixel_unshuffle) != pixel_unshuffle or pixel_unshuffle < 1:
+            raise ValueError(f"pixel_unshuffle must be a positive integer, got {pixel_unshuffle!r}.")
+        if pixel_unshuffle > 1 and not channels:
+            raise ValueError(f"pixel_unshuffle={pixel_unshuffle} needs conv_channels (the plain DiT has no stem).")
+        self.pixel_unshuffle = int(pixel_unshuffle)
+        # hourglass stride before the patches
+        self.downsampling = self.pixel_unshuffle * 2 ** (len(channels) - 1) if channels else 1
 
         conv = Conv[Conv.CONV, spatial_dims]
         embed_channels = 2 * out_channels + in_channels  # concat[x_t, source, prior]
+        shuffled = self.pixel_unshuffle**spatial_dims  # voxels folded into channels by the stem's pixel unshuffle
         token_channels = channels[-1] if channels else out_channels  # what a token is unpatchified to
         self.t_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
         self.level_embed = nn.Embedding(num_levels, hidden_size)
 
         # hourglass: stem and encoder stages (each after the first halves the resolution), decoder with skips
-        self.stem = nn.ModuleList([conv(embed_channels, channels[0], kernel_size=3, padding=1)] if channels else [])
+        self.stem = nn.ModuleList(
+            [conv(embed_channels * shuffled, channels[0], kernel_size=3, padding=1)] if channels else []
+        )
         self.encoder = nn.ModuleList(
             [
                 DiffusionUNetResnetBlock(
@@ -191,7 +213,11 @@ class PHMDiffDenoiser(nn.Module):
             ]
         )
         self.head = nn.ModuleList(
-            [nn.GroupNorm(norm_num_groups, channels[0]), nn.SiLU(), conv(channels[0], out_channels, 3, padding=1)]
+            [
+                nn.GroupNorm(norm_num_groups, channels[0]),
+                nn.SiLU(),
+                conv(channels[0], out_channels * shuffled, 3, padding=1),
+            ]
             if channels
             else []
         )
@@ -320,10 +346,12 @@ class PHMDiffDenoiser(nn.Module):
         c = self.t_embedder(t) + self.level_embed.weight[level].unsqueeze(0)  # (B, D)
 
         skips: List[torch.Tensor] = []
+        if self.pixel_unshuffle > 1:
+            h = space_to_depth(h, self.pixel_unshuffle)  # (B, Cin * f^d, *padded / f)
         for stem in self.stem:
-            h = stem(h)  # (B, C0, *padded)
+            h = stem(h)  # (B, C0, *padded / f)
         for block in self.encoder:
-            h = block(h, c)  # (B, Ci, *padded / 2^i)
+            h = block(h, c)  # (B, Ci, *padded / (f 2^i))
             skips.append(h)
 
         tokens = self._embed(h, level).flatten(2).transpose(1, 2)  # (B, N, D)
@@ -347,15 +375,17 @@ class PHMDiffDenoiser(nn.Module):
         tokens = tokens + pos  # (B, N, D)
         for block in self.decoder_blocks:
             tokens = block(tokens, c)  # (B, N, D)
-        out = self.unpatchify(self._output(tokens, c, level), grid, patch)  # (B, C_last or C_out, *padded / 2^k)
+        out = self.unpatchify(self._output(tokens, c, level), grid, patch)  # (B, C_last or C_out, *padded / (f 2^k))
 
         for i, block in enumerate(self.decoder):
             skip = skips[len(skips) - 1 - i]
             if i > 0:
                 out = F.interpolate(out, size=list(skip.shape[2:]), mode="nearest")
-            out = block(torch.cat([out, skip], dim=1), c)  # (B, Ci, *padded / 2^i)
+            out = block(torch.cat([out, skip], dim=1), c)  # (B, Ci, *padded / (f 2^i))
         for layer in self.head:
-            out = layer(out)  # (B, C_out, *padded)
+            out = layer(out)  # (B, C_out * f^d, *padded / f)
+        if self.pixel_unshuffle > 1:
+            out = depth_to_space(out, self.pixel_unshuffle)  # (B, C_out, *padded)
 
         mask = keep_mask.reshape([b, 1] + grid)  # (B, 1, *grid)
         for i in range(self.spatial_dims):
@@ -503,6 +533,7 @@ class PHMDiffSynthesizer(nn.Module):
             own ``prior_noise_std``, the upper end of the std it draws per sample.
         pad_mode: padding mode for level sizes that are not a multiple of their token stride; default "replicate".
         hourglass_norm: "group" (default) or "channel": the hourglass's normalisation (see :class:`PHMDiffDenoiser`).
+        pixel_unshuffle: factor of the hourglass's pixel-unshuffle stem (see :class:`PHMDiffDenoiser`); default 1.
 
     Example::
 
@@ -538,6 +569,7 @@ class PHMDiffSynthesizer(nn.Module):
         prior_noise_std: float = 0.0,
         pad_mode: str = "replicate",
         hourglass_norm: str = "group",
+        pixel_unshuffle: int = 1,
     ) -> None:
         super().__init__()
         if preset not in PHMDIFF_PRESETS:
@@ -567,6 +599,7 @@ class PHMDiffSynthesizer(nn.Module):
             conv_channels=conv_channels,
             pad_mode=pad_mode,
             hourglass_norm=hourglass_norm,
+            pixel_unshuffle=pixel_unshuffle,
         )
         self.spatial_dims = spatial_dims
         self.out_channels = out_channels
