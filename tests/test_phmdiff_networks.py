@@ -56,6 +56,7 @@ ILL_CASES = [
     [{"pad_mode": "wrap"}, "pad_mode"],
     [{"pixel_unshuffle": 0}, "pixel_unshuffle"],
     [{"pixel_unshuffle": 2.5}, "pixel_unshuffle"],
+    [{"pixel_unshuffle": "two"}, "pixel_unshuffle"],
     [{"pixel_unshuffle": 2, "conv_channels": ()}, "pixel_unshuffle"],
 ]
 

@@ -59,14 +59,6 @@ def crop_to_size(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     return x
 
 
-def _power(base: int, exponent: int) -> int:
-    """``base ** exponent`` as an int (TorchScript's ``**`` of two ints is a float)."""
-    out = 1
-    for _ in range(exponent):
-        out *= base
-    return out
-
-
 def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Pixel unshuffle: fold each ``factor``-sided block of voxels of ``x`` (B, C, *spatial; sizes multiples of
     ``factor``) into channels, (B, C * factor**d, *spatial / factor). In the channel order of torch's 2-D
@@ -83,7 +75,7 @@ def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
     for s in spatial:
         split += [s // factor, factor]
     perm = [0, 1] + [3 + 2 * i for i in range(nd)] + [2 + 2 * i for i in range(nd)]
-    return x.reshape(split).permute(perm).reshape([b, c * _power(factor, nd)] + [s // factor for s in spatial])
+    return x.reshape(split).permute(perm).reshape([b, -1] + [s // factor for s in spatial])
 
 
 def depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -91,7 +83,7 @@ def depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
     b = x.shape[0]
     grid = list(x.shape[2:])
     nd = len(grid)
-    volume = _power(factor, nd)
+    volume = int(factor**nd)  # TorchScript's int ** int is a float
     if x.shape[1] % volume != 0:
         raise ValueError(
             "depth_to_space: channels " + str(x.shape[1]) + " must be a multiple of factor**dims " + str(volume)

@@ -173,7 +173,8 @@ class PHMDiffDenoiser(nn.Module):
         distinct = sorted({int(p) for p in patches})
         self.patch_sizes: List[int] = [int(p) for p in distinct]  # one patch embedding / output layer per entry
         self.level_to_patch: List[int] = [distinct.index(int(p)) for p in patches]
-        if isinstance(pixel_unshuffle, bool) or int(pixel_unshuffle) != pixel_unshuffle or pixel_unshuffle < 1:
+        integral = isinstance(pixel_unshuffle, (int, float)) and float(pixel_unshuffle).is_integer()
+        if isinstance(pixel_unshuffle, bool) or not integral or pixel_unshuffle < 1:
             raise ValueError(f"pixel_unshuffle must be a positive integer, got {pixel_unshuffle!r}.")
         if pixel_unshuffle > 1 and not channels:
             raise ValueError(f"pixel_unshuffle={pixel_unshuffle} needs conv_channels (the plain DiT has no stem).")
