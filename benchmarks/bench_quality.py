@@ -85,6 +85,22 @@ PHMDIFF_ROWS = {
     },
 }
 LEARNED_ROWS = list(PHMDIFF_ROWS) + ["unet_l1", "ddpm_unet"]
+# More capacity on the pixel-unshuffle crop row, run on request (--rows), not by default: a transformer twice as deep,
+# patch 1 at the finest level (token stride 4, four times the tokens), a wider hourglass, a 32/64 hourglass with patch
+# 1. Blockiness is scored on the bundle's 8-pixel token grid, not on the 4-pixel grid of the patch-1 rows.
+CAPACITY_ROWS = {
+    f"phmdiff_pixel_unshuffle_crop64_{name}": {
+        "network": {**bc.PIXEL_UNSHUFFLE, "hourglass_norm": "channel", **network},
+        "inferer": {"crop_size": 64},
+    }
+    for name, network in (
+        ("depth12", {"depth": 12}),
+        ("fine_grid", {"patch_size": [1, 2, 2]}),
+        ("hourglass24", {"conv_channels": [24, 48]}),
+        ("hourglass32_fine_grid", {"conv_channels": [32, 64], "patch_size": [1, 2, 2]}),
+    )
+}
+PHMDIFF_ROWS.update(CAPACITY_ROWS)
 SAMPLE_STEPS = 10  # the table's single sample: 10 DDIM steps per level, whatever the bundle's default
 SWEEP_STEPS = (10, 5, 3, 2, 1)  # DDIM steps per level tried on the shipped weights
 
@@ -381,7 +397,11 @@ def main() -> None:
     parser.add_argument("--curve-points", type=int, default=2, help="intermediate learning-curve points per row")
     parser.add_argument("--ddim-steps", type=int, default=5, help="DDIM steps of the DDPM UNet baseline")
     parser.add_argument("--mean-seeds", type=int, default=3, help="samples averaged for the posterior mean")
-    parser.add_argument("--rows", default=",".join(LEARNED_ROWS))
+    parser.add_argument(
+        "--rows",
+        default=",".join(LEARNED_ROWS),
+        help=f"comma-separated learned rows (default: every learned row but {', '.join(CAPACITY_ROWS)})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shipped", default=str(bc.ROOT / "bundle" / "models" / "model.pt"))
     parser.add_argument(
