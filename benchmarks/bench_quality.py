@@ -88,10 +88,11 @@ LEARNED_ROWS = list(PHMDIFF_ROWS) + ["unet_l1", "ddpm_unet"]
 # More capacity on the pixel-unshuffle crop row, run on request (--rows), not by default: a transformer twice as deep,
 # patch 1 at the finest level (token stride 4, four times the tokens), a wider hourglass, a 32/64 hourglass with patch
 # 1. Blockiness is scored on the bundle's 8-pixel token grid, not on the 4-pixel grid of the patch-1 rows.
+CAPACITY_BASE = "phmdiff_pixel_unshuffle_crop64"
 CAPACITY_ROWS = {
-    f"phmdiff_pixel_unshuffle_crop64_{name}": {
-        "network": {**bc.PIXEL_UNSHUFFLE, "hourglass_norm": "channel", **network},
-        "inferer": {"crop_size": 64},
+    f"{CAPACITY_BASE}_{name}": {
+        **PHMDIFF_ROWS[CAPACITY_BASE],
+        "network": {**PHMDIFF_ROWS[CAPACITY_BASE]["network"], **network},
     }
     for name, network in (
         ("depth12", {"depth": 12}),

@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import bench_quality
 
-BASE = "phmdiff_pixel_unshuffle_crop64"  # the row the capacity rows grow
+BASE = bench_quality.CAPACITY_BASE  # the row the capacity rows grow
 
 
 def denoiser(name: str):
